@@ -1,0 +1,41 @@
+# kdbench: every target builds .venv first when it is missing or older than pyproject.toml.
+SUITE   ?= smoke
+RESULTS ?= results
+VENV    ?= .venv
+PYTHON  ?= python3
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.kdbench-installed
+
+.PHONY: suite test report lint check venv clean-venv
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch/torchvision pinned exactly: these lie on the local disk (a looser pin downloads several GB)
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+## make suite SUITE=<name>: run suites/<name>.yaml (default smoke), then print its report
+suite: $(STAMP)
+	$(PY) -m kdbench run $(SUITE) --results $(RESULTS)
+	$(PY) -m kdbench.report $(RESULTS)/$(notdir $(basename $(SUITE)))
+
+## make report: the report of everything under $(RESULTS)
+report: $(STAMP)
+	$(PY) -m kdbench.report $(RESULTS)
+
+## make test: the whole test suite
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+## make check: exactly what CI runs
+check: lint test
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,7 @@
+"""``python -m kdbench``."""
+
+import sys
+
+from kdbench.cli import main
+
+sys.exit(main())

@@ -1,0 +1,161 @@
+"""Command line: ``python -m kdbench run|status|list|report``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from kdbench import store
+from kdbench.suite import SuiteError
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from kdbench.dispatch import dispatch
+    from kdbench.suite import expand, load_suite
+
+    overrides = list(args.overrides)
+    if args.executor:
+        overrides.append(f"executor.name={args.executor}")
+    if args.workers is not None:
+        overrides.append(f"executor.workers={args.workers}")
+    suite = load_suite(args.suite, overrides)
+    plan = expand(suite)
+    print(f"suite '{suite.name}' ({suite.source}): {len(plan.teachers)} teacher job(s), {len(plan.runs)} run(s), "
+          f"executor {suite.executor.name} -> {Path(args.results) / suite.name}", flush=True)
+    for note in plan.refused:
+        print(f"  {note}", flush=True)
+    summary = dispatch(plan, Path(args.results), suite.executor, progress=not args.quiet)
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.counts().items())) or "nothing to run"
+    print(f"finished: {counts}; {summary.skipped} already finished and skipped", flush=True)
+    return 1 if summary.counts().get("failed") else 0
+
+
+def _suite_dirs(root: Path) -> list[Path]:
+    if (root / store.SUITE).exists():
+        return [root]
+    return sorted(p.parent for p in root.glob(f"*/{store.SUITE}"))
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    root = Path(args.dir)
+    folders = _suite_dirs(root)
+    if not folders:
+        print(f"error: no suite folder (with {store.SUITE}) in '{root}'", file=sys.stderr)
+        return 2
+    for folder in folders:
+        expected = store.read_json(folder / store.SUITE)
+        counts: dict[str, int] = {}
+        failed = []
+        for kind in ("teachers", "runs"):
+            for run_id in expected.get(kind, []):
+                run_dir = folder / kind / run_id
+                state = _run_state(run_dir)
+                counts[state] = counts.get(state, 0) + 1
+                if state == "failed":
+                    failed.append((run_id, (store.load_result(run_dir) or {}).get("error", "")))
+        total = sum(counts.values())
+        print(f"{folder.name}: {total} jobs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+        for run_id, error in failed:
+            print(f"  failed {run_id}: {error}")
+    return 0
+
+
+def _run_state(run_dir: Path) -> str:
+    """done | diverged | failed | running | interrupted (checkpoint, no record) | pending."""
+    try:
+        record = store.load_result(run_dir)
+    except (OSError, ValueError):
+        return "unreadable"
+    if record:
+        return str(record.get("state"))
+    if store.is_locked(run_dir):
+        return "running"
+    return "interrupted" if (run_dir / store.CHECKPOINT).exists() else "pending"
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    if args.what == "methods":
+        from kdbench.method import discover_methods, hyperparameters
+
+        registry = discover_methods()
+        for name in registry.names():
+            cls = registry.get(name)
+            params = ", ".join(f"{k}={p.default!r}" for k, p in hyperparameters(cls).items())
+            labels = "needs labels" if cls.needs.labels else "label-free"
+            teacher = "" if cls.needs.teacher else ", no teacher"
+            print(f"{name:10} {cls.description}  [{labels}{teacher}]  ({params})")
+    elif args.what == "models":
+        from kdbench.models import kdbench_model_names
+
+        for name in kdbench_model_names():
+            print(name)
+        print("(and every timm model name: python -c 'import timm; print(timm.list_models())')")
+    elif args.what == "datasets":
+        from kdbench.data import dataset_registry
+
+        for name in dataset_registry.names():
+            print(f"{name:14} {dataset_registry.get(name).description}")
+    elif args.what == "regimes":
+        from kdbench.data import regime_registry
+
+        for name in regime_registry.names():
+            print(f"{name:10} {regime_registry.get(name).description}")
+    else:
+        from kdbench.suite import find_suite, list_suites, read_raw
+
+        for name in list_suites():
+            description = read_raw(find_suite(name)).get("description", "")
+            print(f"{name:16} {description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``kdbench`` argument parser."""
+    parser = argparse.ArgumentParser(prog="python -m kdbench", description="kdbench: a reproducible KD benchmark")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a suite (by name in suites/ or by path); finished runs are skipped")
+    run.add_argument("suite", help="suite name (suites/NAME.yaml) or path to a suite file")
+    run.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. train.epochs=5 seeds=[0]")
+    run.add_argument("--results", default=os.environ.get("KDBENCH_RESULTS", "results"),
+                     help="results root (default: results/)")
+    run.add_argument("--executor", choices=["local", "debug"], help="override the suite's executor")
+    run.add_argument("--workers", type=int, help="parallel local jobs (default: the suite's, else the cores)")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.set_defaults(func=_cmd_run)
+
+    status = sub.add_parser("status", help="per-state counts of a results folder")
+    status.add_argument("dir", help="a suite's results folder or the results root")
+    status.set_defaults(func=_cmd_status)
+
+    lister = sub.add_parser("list", help="list methods, models, datasets, regimes or suites")
+    lister.add_argument("what", choices=["methods", "models", "datasets", "regimes", "suites"])
+    lister.set_defaults(func=_cmd_list)
+
+    sub.add_parser("report", help="same as python -m kdbench.report (takes its arguments)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m kdbench``: one clear message and exit code 2 for a bad suite."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["report"]:
+        from kdbench.report import main as report_main
+
+        return report_main(argv[1:])
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # overrides given after options (run smoke --workers 2 train.epochs=3)
+        if args.command != "run" or any(e.startswith("-") or "=" not in e for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
+    try:
+        return int(args.func(args) or 0)
+    except SuiteError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+

@@ -1,0 +1,115 @@
+"""Data regimes: which training images a run sees and whether it sees their labels.
+
+A regime turns a labelled train split into an index set (sorted, deterministic for a given regime seed: the
+same for every method and every run seed) plus its class counts and, for long-tailed sets, the
+many/medium/few class groups used in evaluation.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kdbench.registry import Registry
+
+
+@dataclass
+class RegimeData:
+    """The training subset of a regime: indices into the train split, labels on or off, class groups."""
+
+    indices: np.ndarray
+    labeled: bool
+    class_counts: list[int]
+    groups: dict[str, list[int]] = field(default_factory=dict)
+
+
+class Regime:
+    """Base class of a regime. ``teacher_regime`` names the regime the teacher trains on (``None``: this one)."""
+
+    description: str = ""
+    labeled: bool = True
+    teacher_regime: str | None = None
+
+    def apply(self, labels: np.ndarray, num_classes: int) -> RegimeData:
+        raise NotImplementedError
+
+
+regime_registry: Registry[type[Regime]] = Registry("regime")
+
+
+def regime_parameters(cls: type[Regime]) -> dict[str, inspect.Parameter]:
+    """A regime's parameters (the keyword arguments of its ``__init__``)."""
+    params = inspect.signature(cls.__init__).parameters
+    return {n: p for n, p in params.items()
+            if n != "self" and p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)}
+
+
+def _counts(labels: np.ndarray, indices: np.ndarray, num_classes: int) -> list[int]:
+    return np.bincount(labels[indices], minlength=num_classes).astype(int).tolist()
+
+
+@regime_registry.register("balanced")
+class Balanced(Regime):
+    """Every labelled training image."""
+
+    description = "the whole labelled train split"
+
+    def apply(self, labels: np.ndarray, num_classes: int) -> RegimeData:
+        indices = np.arange(len(labels))
+        return RegimeData(indices, True, _counts(labels, indices, num_classes))
+
+
+def longtail_counts(max_count: int, num_classes: int, imbalance: float) -> list[int]:
+    """Exponential profile: class c keeps ``floor(max_count * imbalance^(-c / (C - 1)))`` images."""
+    if num_classes == 1:
+        return [max_count]
+    return [int(max_count * imbalance ** (-c / (num_classes - 1))) for c in range(num_classes)]
+
+
+@regime_registry.register("longtail")
+class LongTail(Regime):
+    """Long-tailed subset with an exponential profile (as CIFAR-100-LT): class 0 is the head.
+
+    Each class keeps a seeded random subset of its images. Classes with more than ``many_above`` images form
+    the ``many`` group, fewer than ``few_below`` the ``few`` group, the rest ``medium``. The teacher trains on
+    the long-tailed set itself.
+    """
+
+    description = "exponential long-tailed subset (imbalance = head/tail ratio), many/medium/few groups"
+
+    def __init__(self, imbalance: float = 10.0, seed: int = 0, many_above: int = 100, few_below: int = 20) -> None:
+        if imbalance < 1:
+            raise ValueError(f"imbalance must be >= 1, got {imbalance}")
+        self.imbalance, self.seed, self.many_above, self.few_below = imbalance, seed, many_above, few_below
+
+    def apply(self, labels: np.ndarray, num_classes: int) -> RegimeData:
+        available = np.bincount(labels, minlength=num_classes)
+        targets = longtail_counts(int(available.min()), num_classes, self.imbalance)
+        rng = np.random.default_rng(self.seed)
+        chosen = []
+        for c, n in enumerate(targets):
+            members = np.flatnonzero(labels == c)
+            chosen.append(rng.permutation(members)[:n])
+        indices = np.sort(np.concatenate(chosen))
+        counts = _counts(labels, indices, num_classes)
+        groups = {
+            "many": [c for c, n in enumerate(counts) if n > self.many_above],
+            "medium": [c for c, n in enumerate(counts) if self.few_below <= n <= self.many_above],
+            "few": [c for c, n in enumerate(counts) if n < self.few_below],
+        }
+        return RegimeData(indices, True, counts, groups)
+
+
+@regime_registry.register("unlabeled")
+class Unlabeled(Regime):
+    """The student sees every training image but no label; the teacher trained on the labelled set."""
+
+    description = "train images without labels (methods that need labels are refused)"
+    labeled = False
+    teacher_regime = "balanced"
+
+    def apply(self, labels: np.ndarray, num_classes: int) -> RegimeData:
+        indices = np.arange(len(labels))
+        return RegimeData(indices, self.labeled, _counts(labels, indices, num_classes))

@@ -1,0 +1,58 @@
+"""Optimizers and per-step learning-rate schedules built from a suite's recipe."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+
+def build_optimizer(param_groups: list[dict[str, Any]], recipe: dict[str, Any]) -> torch.optim.Optimizer:
+    """SGD (momentum, nesterov) or AdamW over the method's parameter groups.
+
+    A group may carry its own ``weight_decay`` (e.g. 0 for a diffusion head); others get the recipe's.
+    """
+    groups = [dict(g) for g in param_groups if g["params"]]
+    for group in groups:
+        group.setdefault("weight_decay", recipe["weight_decay"])
+    if recipe["optimizer"] == "sgd":
+        return torch.optim.SGD(groups, lr=recipe["lr"], momentum=recipe["momentum"], nesterov=recipe["nesterov"])
+    if recipe["optimizer"] == "adamw":
+        return torch.optim.AdamW(groups, lr=recipe["lr"], betas=tuple(recipe["betas"]))
+    raise ValueError(f"unknown optimizer '{recipe['optimizer']}'")
+
+
+class LRFactor:
+    """Multiplier of the base learning rate at optimizer step ``step`` (linear warm-up, then the schedule)."""
+
+    def __init__(self, recipe: dict[str, Any], steps_per_epoch: int) -> None:
+        self.kind = recipe["schedule"]
+        self.steps_per_epoch = max(1, steps_per_epoch)
+        self.total = recipe["epochs"] * self.steps_per_epoch
+        self.warmup = recipe["warmup_epochs"] * self.steps_per_epoch
+        self.milestones = [m * self.steps_per_epoch for m in recipe["milestones"]]
+        self.decay = recipe["lr_decay"]
+        self.floor = recipe["min_lr"] / recipe["lr"]
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        if self.kind == "multistep":
+            return self.decay ** sum(step >= m for m in self.milestones)
+        if self.kind == "cosine":
+            progress = (step - self.warmup) / max(1, self.total - self.warmup)
+            return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, recipe: dict[str, Any],
+                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-step scheduler (call ``step()`` after every optimizer step)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, LRFactor(recipe, steps_per_epoch))
+
+
+def steps_per_epoch(num_items: int, batch_size: int) -> int:
+    """Batches per epoch as :func:`kdbench.data.train_batches` yields them (a lone last image is dropped)."""
+    full, rest = divmod(num_items, batch_size)
+    return full + (1 if rest > 1 or (rest == 1 and num_items == 1) else 0)

@@ -1,0 +1,120 @@
+"""The method contract (the user's extension point), the method registry and plugin discovery.
+
+A method is a ``torch.nn.Module`` registered by name. It owns only what it adds (projectors, a diffusion
+head); the trainer owns the student, the teacher and the loop. ``losses`` returns named, already weighted
+terms; the trainer sums them. Methods are found by scanning the ``methods`` package (one file per method)
+and the ``kdbench.methods`` entry-point group of installed packages.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from kdbench.models.network import Network, Outputs
+from kdbench.registry import Registry
+
+__all__ = ["Batch", "Method", "Needs", "discover_methods", "hyperparameters", "method_registry",
+           "register_method"]
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a method requires: labels (refused in the unlabeled regime), a teacher, intermediate taps."""
+
+    labels: bool = False
+    teacher: bool = True
+    student_taps: tuple[str, ...] = ()
+    teacher_taps: tuple[str, ...] = ()
+
+
+@dataclass
+class Batch:
+    """One training batch. ``y`` is None in the unlabeled regime; ``index`` are dataset indices."""
+
+    x: torch.Tensor
+    y: torch.Tensor | None
+    index: torch.Tensor
+
+
+class Method(nn.Module):
+    """Base class of every distillation method.
+
+    Subclasses set ``needs`` and ``description``, take ``(student, teacher, *, num_classes, **hyperparameters)``
+    with typed keyword hyper-parameters and published defaults, and implement :meth:`losses`.
+    """
+
+    needs: ClassVar[Needs] = Needs()
+    description: ClassVar[str] = ""
+    name: ClassVar[str] = ""
+
+    def __init__(self, student: Network, teacher: Network | None, *, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+
+    def losses(self, batch: Batch, s: Outputs, t: Outputs | None) -> dict[str, torch.Tensor]:
+        """Named, already weighted loss terms for one batch; the trainer sums them."""
+        raise NotImplementedError(f"{type(self).__name__} must implement losses()")
+
+    def predict(self, x: torch.Tensor, s: Outputs) -> torch.Tensor:
+        """Class scores used for evaluation. Default: the student's own logits."""
+        return s.logits
+
+    def on_epoch_start(self, epoch: int, epochs: int) -> None:
+        """Hook called before each training epoch (e.g. for loss-weight warm-ups)."""
+
+    def param_groups(self, student: Network) -> list[dict[str, Any]]:
+        """Optimizer parameter groups: the student's and the method's own parameters, same settings."""
+        groups = [{"params": [p for p in student.parameters() if p.requires_grad], "name": "student"}]
+        own = [p for p in self.parameters() if p.requires_grad]
+        if own:
+            groups.append({"params": own, "name": "method"})
+        return groups
+
+
+method_registry: Registry[type[Method]] = Registry("method")
+
+
+def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator: register a :class:`Method` subclass under ``name``."""
+
+    def decorator(cls: type[Method]) -> type[Method]:
+        if not (isinstance(cls, type) and issubclass(cls, Method)):
+            raise TypeError(f"@register_method('{name}') must decorate a Method subclass, got {cls!r}")
+        cls.name = name
+        method_registry.add(name, cls)
+        return cls
+
+    return decorator
+
+
+def hyperparameters(cls: type[Method]) -> dict[str, inspect.Parameter]:
+    """The method's hyper-parameters: the keyword-only arguments of ``__init__`` after ``num_classes``."""
+    params = inspect.signature(cls.__init__).parameters
+    return {n: p for n, p in params.items()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and n != "num_classes"}
+
+
+_discovered = False
+
+
+def discover_methods(package: str = "methods") -> Registry[type[Method]]:
+    """Import every module of the ``methods`` package and every ``kdbench.methods`` entry point, once."""
+    global _discovered
+    if not _discovered:
+        pkg = importlib.import_module(package)
+        for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+            if not info.name.startswith("_"):
+                importlib.import_module(f"{package}.{info.name}")
+        for ep in entry_points(group="kdbench.methods"):
+            ep.load()
+        _discovered = True
+    return method_registry

@@ -1,0 +1,172 @@
+"""Execute one run directory: rebuild everything from ``spec.json``, fit, and write ``result.json``.
+
+This is what a job runs (locally or on a cluster). It is idempotent: a finished run returns its record,
+an interrupted one resumes from its checkpoint, and every ending (done, diverged, failed) leaves a record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kdbench import store
+from kdbench.data import dataset_registry, regime_registry
+from kdbench.engine import (
+    FitOutcome,
+    TrainState,
+    build_optimizer,
+    build_scheduler,
+    fit,
+    save_checkpoint,
+    seed_everything,
+    steps_per_epoch,
+)
+from kdbench.envinfo import environment
+from kdbench.method import discover_methods
+from kdbench.models import Network, count_parameters, create_network
+
+
+class TeacherNotReadyError(RuntimeError):
+    """The teacher a student run needs has no finished record or its weights do not match the record."""
+
+
+def sha256_file(path: Path) -> str:
+    """SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def teacher_dir_for(run_dir: Path, teacher_id: str) -> Path:
+    """The teacher job folder of a student run (``<suite>/teachers/<id>`` beside ``<suite>/runs``)."""
+    return run_dir.parent.parent / "teachers" / teacher_id
+
+
+def load_teacher(run_dir: Path, spec: dict[str, Any], num_classes: int, in_chans: int,
+                 model_kwargs: dict[str, Any]) -> Network:
+    """Build the teacher network and load its verified weights (sha256 from its record, weights_only)."""
+    tdir = teacher_dir_for(run_dir, spec["teacher_id"])
+    record = store.load_result(tdir)
+    if not record or record.get("state") != "done":
+        raise TeacherNotReadyError(f"teacher {spec['teacher_id']} has no finished record in {tdir}")
+    weights = tdir / store.WEIGHTS
+    expected = record["artifacts"]["weights_sha256"]
+    actual = sha256_file(weights)
+    if actual != expected:
+        raise TeacherNotReadyError(f"{weights}: sha256 {actual[:12]}... does not match its record "
+                                   f"({expected[:12]}...); delete {tdir} to retrain the teacher")
+    teacher = create_network(spec["teacher"], num_classes=num_classes, in_chans=in_chans, **model_kwargs)
+    teacher.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    teacher.eval().requires_grad_(False)
+    return teacher
+
+
+def _model_kwargs(model: str, img_size: int) -> dict[str, Any]:
+    """Extra constructor arguments some models need (the MLPs take the input size)."""
+    return {"img_size": img_size} if model.startswith("kdb_mlp") else {}
+
+
+def _summarise(outcome: FitOutcome, groups: dict[str, list[int]]) -> dict[str, Any]:
+    history = outcome.history
+    if not history:
+        return {}
+    last = history[-1]
+    best = max(history, key=lambda h: h["top1"])
+    metrics = {"top1_last": last["top1"], "top5_last": last["top5"], "top1_best": best["top1"],
+               "top5_best": best["top5"], "best_epoch": best["epoch"], "epochs_completed": last["epoch"]}
+    for group in groups:
+        if f"top1_{group}" in last:
+            metrics[f"top1_{group}"] = last[f"top1_{group}"]
+            metrics[f"top1_{group}_best"] = best[f"top1_{group}"]
+    return metrics
+
+
+def _print(message: str) -> None:
+    print(message, flush=True)
+
+
+def execute(run_dir: Path, log: Callable[[str], None] = _print) -> dict[str, Any]:
+    """Run (or resume) the run in ``run_dir`` and return its record. Never leaves a run without a record
+    unless the process itself is killed (then the next call resumes from the checkpoint)."""
+    run_dir = Path(run_dir)
+    with store.run_lock(run_dir, timeout_s=24 * 3600):
+        existing = store.load_result(run_dir) if (run_dir / store.RESULT).exists() else None
+        if existing and existing.get("state") in store.FINISHED_STATES:
+            return existing
+        spec = store.read_json(run_dir / store.SPEC)
+        began = time.time()
+        try:
+            record = _execute(run_dir, spec, log)
+        except Exception as err:  # a failed run must leave a record naming why
+            log(traceback.format_exc())
+            record = {"state": "failed", "error": f"{type(err).__name__}: {err}",
+                      "traceback": traceback.format_exc()[-4000:], "metrics": {}, "cost": {}}
+        record = {"schema": store.SCHEMA, "run_id": run_dir.name, "spec": spec,
+                  "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_seconds": time.time() - began,
+                  **record}
+        record.setdefault("env", environment("cpu"))
+        store.atomic_write_json(run_dir / store.RESULT, record)
+        return record
+
+
+def _execute(run_dir: Path, spec: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    source = dataset_registry.get(spec["dataset"]["name"])(**spec["dataset"]["params"])
+    splits = source.load()
+    regime = regime_registry.get(spec["regime"]["name"])(**spec["regime"]["params"])
+    regime_data = regime.apply(splits.train.y.numpy(), splits.num_classes)
+    kwargs = _model_kwargs(spec["model"], splits.img_size)
+
+    seed_everything(spec["seed"])
+    student = create_network(spec["model"], num_classes=splits.num_classes, in_chans=splits.in_chans, **kwargs)
+    teacher = None
+    if spec.get("teacher_id"):
+        teacher = load_teacher(run_dir, spec, splits.num_classes, splits.in_chans,
+                               _model_kwargs(spec["teacher"], splits.img_size))
+    method_cls = discover_methods().get(spec["method"])
+    method = method_cls(student, teacher, num_classes=splits.num_classes, **spec["method_params"])
+    student.to(device)
+    method.to(device)
+    if teacher is not None:
+        teacher.to(device)
+
+    recipe = spec["recipe"]
+    optimizer = build_optimizer(method.param_groups(student), recipe)
+    scheduler = build_scheduler(optimizer, recipe, steps_per_epoch(len(regime_data.indices), recipe["batch_size"]))
+    prefix = f"[{spec['role']} {spec['label']} {spec['regime']['name']} seed {spec['seed']} {run_dir.name}]"
+    ts = TrainState(student=student, teacher=teacher, method=method, optimizer=optimizer, scheduler=scheduler,
+                    train=splits.train, regime=regime_data, test=splits.test, recipe=recipe,
+                    eval_batch_size=spec["eval"]["batch_size"], seed=spec["seed"], device=device, run_dir=run_dir,
+                    log=lambda msg: log(f"{prefix} {msg}"))
+    outcome = fit(ts)
+
+    artifacts = {}
+    if spec["role"] == "teacher" and outcome.state == "done":
+        weights = run_dir / store.WEIGHTS
+        save_checkpoint(weights, {k: v.cpu() for k, v in student.state_dict().items()})
+        artifacts = {"weights": store.WEIGHTS, "weights_sha256": sha256_file(weights)}
+    epoch_seconds = [h["train_seconds"] for h in outcome.history]
+    return {
+        "state": outcome.state,
+        "metrics": _summarise(outcome, regime_data.groups),
+        "stability": {"diverged_epoch": outcome.diverged_epoch, "reason": outcome.reason,
+                      "grad_norm_max": max((h["grad_norm_max"] for h in outcome.history), default=None)},
+        "data": {"train_size": len(regime_data.indices), "test_size": len(splits.test), "labeled": regime_data.labeled,
+                 "class_counts": regime_data.class_counts, "groups": regime_data.groups,
+                 "synthetic": spec["dataset"]["name"] == "synthetic"},
+        "cost": {"train_seconds": sum(epoch_seconds),
+                 "seconds_per_epoch": sum(epoch_seconds) / len(epoch_seconds) if epoch_seconds else None,
+                 "params": count_parameters(student), "extra_params": count_parameters(method),
+                 "teacher_params": count_parameters(teacher) if teacher is not None else None,
+                 "total_epochs": spec["epochs"]},
+        "artifacts": artifacts,
+        "env": environment(device),
+    }

@@ -1,0 +1,578 @@
+"""Suites: YAML loading (safe), validation into typed objects with errors that name the key, ``key=value``
+overrides, ``extends:``, grid expansion into teacher jobs and run specs, and run ids.
+
+A suite file looks like::
+
+    name: smoke
+    dataset: {name: digits}
+    regimes: [{name: balanced}, {name: longtail, imbalance: 10}, {name: unlabeled}]
+    pairs: [{teacher: kdb_cnn_base, student: kdb_cnn_nano}]
+    methods: [{name: vanilla}, {name: kd, T: 4}, {name: mse}]
+    seeds: [0, 1, 2]
+    train: {epochs: 30, optimizer: sgd, lr: 0.05}
+    teacher: {seed: 0, train: {epochs: 40}}
+    executor: {name: local, workers: 2}
+
+Every problem is reported as one :class:`SuiteError` whose message starts with the key path
+(``methods[2].name: unknown method 'kdd' (known: kd, mse, vanilla)``).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import inspect
+import json
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kdbench.data import dataset_parameters, dataset_registry, regime_parameters, regime_registry
+from kdbench.method import discover_methods, hyperparameters
+from kdbench.registry import UnknownNameError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class SuiteError(ValueError):
+    """A suite that cannot run. ``key`` is the dotted key path, ``source`` the file it came from."""
+
+    def __init__(self, key: str, message: str, source: str | None = None) -> None:
+        self.key, self.message, self.source = key, message, source
+        super().__init__(f"{key}: {message}" if key else message)
+
+    def __str__(self) -> str:
+        text = f"{self.key}: {self.message}" if self.key else self.message
+        return f"{self.source}: {text}" if self.source else text
+
+
+# --------------------------------------------------------------------------------------------- schema
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a network is trained: epochs, batch, optimizer, learning-rate schedule, divergence bound."""
+
+    epochs: int = 30
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    milestones: tuple[int, ...] = ()
+    lr_decay: float = 0.1
+    warmup_epochs: int = 0
+    min_lr: float = 0.0
+    grad_clip: float | None = None
+    diverge_above: float = 1e4
+
+    def check(self, key: str) -> None:
+        _require(self.epochs >= 1, f"{key}.epochs", f"must be >= 1, got {self.epochs}")
+        _require(self.batch_size >= 2, f"{key}.batch_size", f"must be >= 2, got {self.batch_size}")
+        _require(self.optimizer in ("sgd", "adamw"), f"{key}.optimizer",
+                 f"unknown optimizer '{self.optimizer}' (known: adamw, sgd)")
+        _require(self.schedule in ("cosine", "multistep", "constant"), f"{key}.schedule",
+                 f"unknown schedule '{self.schedule}' (known: constant, cosine, multistep)")
+        _require(self.lr > 0, f"{key}.lr", f"must be > 0, got {self.lr}")
+        _require(self.weight_decay >= 0, f"{key}.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _require(0 <= self.warmup_epochs < self.epochs, f"{key}.warmup_epochs",
+                 f"must be in [0, epochs), got {self.warmup_epochs}")
+        _require(all(0 < m < self.epochs for m in self.milestones), f"{key}.milestones",
+                 f"every milestone must be in (0, {self.epochs}), got {list(self.milestones)}")
+        _require(self.diverge_above > 0, f"{key}.diverge_above", "must be > 0")
+
+
+@dataclass(frozen=True)
+class TeacherSettings:
+    """How the suite trains its teachers (one shared teacher job per teacher spec)."""
+
+    seed: int = 0
+    train: Recipe = Recipe(epochs=40)
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """Evaluation settings."""
+
+    batch_size: int = 512
+
+
+@dataclass(frozen=True)
+class ExecutorSettings:
+    """Where runs execute: ``local`` (one process per run, ``workers`` at once) or ``debug`` (in-process)."""
+
+    name: str = "local"
+    workers: int = 0
+    threads_per_worker: int = 1
+    timeout_min: int = 60
+
+    def check(self, key: str) -> None:
+        _require(self.name in ("local", "debug"), f"{key}.name",
+                 f"unknown executor '{self.name}' (known: debug, local)")
+        _require(self.workers >= 0, f"{key}.workers", f"must be >= 0, got {self.workers}")
+        _require(self.threads_per_worker >= 1, f"{key}.threads_per_worker", "must be >= 1")
+        _require(self.timeout_min >= 1, f"{key}.timeout_min", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A named component with its resolved parameters (a dataset, a regime or a method)."""
+
+    name: str
+    params: dict[str, Any]
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A teacher -> student pair of model names."""
+
+    teacher: str
+    student: str
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A validated suite."""
+
+    name: str
+    description: str
+    dataset: Entry
+    regimes: tuple[Entry, ...]
+    pairs: tuple[Pair, ...]
+    methods: tuple[Entry, ...]
+    seeds: tuple[int, ...]
+    train: Recipe
+    teacher: TeacherSettings
+    eval: EvalSettings
+    executor: ExecutorSettings
+    source: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(dataclasses.asdict(self))
+
+
+TOP_KEYS = ("name", "description", "extends", "dataset", "regimes", "pairs", "methods", "seeds", "train",
+            "teacher", "eval", "executor")
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def suites_dir() -> Path:
+    """Where suites are found by name: ``$KDBENCH_SUITES`` or the project's ``suites/`` folder."""
+    return Path(os.environ.get("KDBENCH_SUITES", PROJECT_ROOT / "suites"))
+
+
+def list_suites() -> list[str]:
+    """Names of the suites in :func:`suites_dir`."""
+    return sorted(p.stem for p in suites_dir().glob("*.yaml"))
+
+
+def find_suite(name_or_path: str, relative_to: Path | None = None) -> Path:
+    """A suite file by path (absolute, relative to cwd or to ``relative_to``) or by name in ``suites/``."""
+    candidates = [Path(name_or_path)]
+    if relative_to is not None:
+        candidates.append(relative_to / name_or_path)
+    candidates += [suites_dir() / name_or_path, suites_dir() / f"{name_or_path}.yaml"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise SuiteError("", f"no suite '{name_or_path}' (not a file; suites in {suites_dir()}: "
+                         f"{', '.join(list_suites()) or 'none'})")
+
+
+def read_raw(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Safe-load a suite file and resolve its ``extends:`` chain into one raw mapping."""
+    path = path.resolve()
+    if path in _seen:
+        raise SuiteError("extends", f"circular extends: {' -> '.join(str(p) for p in (*_seen, path))}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise SuiteError("", f"not valid YAML: {err}", str(path)) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise SuiteError("", "a suite must be a mapping of keys", str(path))
+    raw.setdefault("name", path.stem)
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str):
+        raise SuiteError("extends", "must be a suite name or path", str(path))
+    try:
+        base = read_raw(find_suite(parent, relative_to=path.parent), (*_seen, path))
+    except SuiteError as err:
+        raise SuiteError(err.key or "extends", err.message, err.source or str(path)) from None
+    base.pop("name", None)
+    return deep_merge(base, raw)
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Mappings merge key by key (recursively); any other value (lists included) replaces the base's."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+_TOKEN = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def parse_key_path(key: str) -> list[str | int]:
+    """``methods[1].T`` or ``methods.1.T`` -> ``['methods', 1, 'T']``."""
+    tokens: list[str | int] = []
+    for name, index in _TOKEN.findall(key):
+        tokens.append(int(index) if index else int(name) if name.isdigit() else name)
+    if not tokens or "".join(f"[{t}]" if isinstance(t, int) else t for t in tokens) != key.replace(".", ""):
+        raise SuiteError(key, "not a key path (write e.g. train.epochs=5 or methods[1].T=2)")
+    return tokens
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.path=value`` overrides (values parsed as YAML) to a raw suite mapping."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise SuiteError(item, "an override must look like key.path=value")
+        key, text = item.split("=", 1)
+        path = parse_key_path(key.strip())
+        value = yaml.safe_load(text) if text.strip() else None
+        node: Any = raw
+        for depth, token in enumerate(path[:-1]):
+            where = _path_str(path[: depth + 1])
+            if isinstance(token, int):
+                if not isinstance(node, list) or token >= len(node):
+                    raise SuiteError(where, f"no list item {token} to override")
+                node = node[token]
+            else:
+                if not isinstance(node, dict):
+                    raise SuiteError(where, "is not a mapping")
+                node = node.setdefault(token, {})
+        last = path[-1]
+        if isinstance(last, int):
+            if not isinstance(node, list) or last >= len(node):
+                raise SuiteError(_path_str(path), f"no list item {last} to override")
+        elif not isinstance(node, dict):
+            raise SuiteError(_path_str(path[:-1]), "is not a mapping")
+        node[last] = value
+    return raw
+
+
+def _path_str(path: list[str | int]) -> str:
+    out = ""
+    for token in path:
+        out += f"[{token}]" if isinstance(token, int) else (f".{token}" if out else token)
+    return out
+
+
+def load_suite(name_or_path: str, overrides: list[str] = ()) -> Suite:
+    """Find, read, merge, override and validate a suite. Raises :class:`SuiteError` on any problem."""
+    path = find_suite(name_or_path)
+    raw = read_raw(path)
+    try:
+        return validate(apply_overrides(raw, list(overrides)), source=str(path))
+    except SuiteError as err:
+        err.source = err.source or str(path)
+        raise
+
+
+# --------------------------------------------------------------------------------------------- validation
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise SuiteError(key, message)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the type annotation ``tp`` (ints pass as floats); return it converted."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any or tp is inspect.Parameter.empty:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return coerce(value, arg, key)
+            except SuiteError as err:
+                errors.append(err.message)
+        raise SuiteError(key, errors[0] if len(errors) == 1 else f"expected {_type_name(tp)}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        return build_dataclass(tp, value, key)
+    if origin in (list, tuple) or tp in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise SuiteError(key, f"expected a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise SuiteError(key, f"expected {len(args)} values, got {len(value)}")
+            return tuple(coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+        item = args[0] if args else Any
+        items = [coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple or tp is tuple else items
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise SuiteError(key, f"expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise SuiteError(key, f"expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SuiteError(key, f"expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise SuiteError(key, f"expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise SuiteError(key, f"expected a string, got {value!r}")
+        return value
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise SuiteError(key, f"expected {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def build_dataclass(cls: type, value: Any, key: str) -> Any:
+    """Build a frozen settings dataclass from a mapping; unknown keys name themselves and the known ones."""
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise SuiteError(key, f"expected a mapping, got {value!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for name, item in value.items():
+        sub = f"{key}.{name}" if key else str(name)
+        if name not in names:
+            raise SuiteError(sub, f"unknown key '{name}' (known: {', '.join(sorted(names))})")
+        kwargs[name] = coerce(item, hints[name], sub)
+    obj = cls(**kwargs)
+    if hasattr(obj, "check"):
+        obj.check(key)
+    return obj
+
+
+def resolve_params(signature: dict[str, inspect.Parameter], hints: dict[str, Any], given: dict[str, Any],
+                   key: str, what: str) -> dict[str, Any]:
+    """Check ``given`` keyword parameters against a signature; return all of them with defaults filled in."""
+    resolved = {}
+    for name, value in given.items():
+        if name not in signature:
+            known = ", ".join(sorted(signature)) or "none"
+            raise SuiteError(f"{key}.{name}", f"unknown parameter '{name}' of {what} (known: {known})")
+        resolved[name] = coerce(value, hints.get(name, Any), f"{key}.{name}")
+    for name, param in signature.items():
+        if name not in resolved:
+            if param.default is inspect.Parameter.empty:
+                raise SuiteError(f"{key}.{name}", f"required parameter of {what} is missing")
+            resolved[name] = param.default
+    return _jsonable(resolved)
+
+
+def _entry(raw: Any, key: str, registry: Any, params_of: Any, reserved: tuple[str, ...] = ("name",)) -> Entry:
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    if not isinstance(raw, dict) or "name" not in raw:
+        raise SuiteError(key, "expected a mapping with a 'name'")
+    name = raw["name"]
+    if not isinstance(name, str):
+        raise SuiteError(f"{key}.name", f"expected a string, got {name!r}")
+    try:
+        cls = registry.get(name)
+    except UnknownNameError as err:
+        raise SuiteError(f"{key}.name", str(err)) from None
+    given = {k: v for k, v in raw.items() if k not in reserved}
+    init = cls.__init__
+    hints = typing.get_type_hints(init) if init is not object.__init__ else {}
+    params = resolve_params(params_of(cls), hints, given, key, f"{registry.kind} '{name}'")
+    label = raw.get("label", name)
+    if not isinstance(label, str) or not label:
+        raise SuiteError(f"{key}.label", f"expected a non-empty string, got {label!r}")
+    return Entry(name=name, params=params, label=label)
+
+
+def _check_instantiable(entry: Entry, registry: Any, key: str) -> None:
+    try:
+        registry.get(entry.name)(**entry.params)
+    except (ValueError, TypeError) as err:
+        raise SuiteError(key, str(err)) from None
+
+
+def _list(raw: dict[str, Any], key: str) -> list[Any]:
+    value = raw.get(key)
+    if not isinstance(value, list) or not value:
+        raise SuiteError(key, "must be a non-empty list" + ("" if key in raw else " (missing)"))
+    return value
+
+
+def validate(raw: dict[str, Any], source: str = "") -> Suite:
+    """Turn a raw (merged, overridden) mapping into a :class:`Suite`, or raise one :class:`SuiteError`."""
+    from kdbench.models import is_model
+
+    for name in raw:
+        if name not in TOP_KEYS:
+            raise SuiteError(str(name), f"unknown key '{name}' (known: {', '.join(sorted(TOP_KEYS))})")
+    suite_name = raw.get("name")
+    _require(isinstance(suite_name, str) and re.fullmatch(r"[A-Za-z0-9_.-]+", suite_name or "") is not None,
+             "name", f"must be a plain name (letters, digits, _ . -), got {suite_name!r}")
+
+    dataset = _entry(raw.get("dataset"), "dataset", dataset_registry, dataset_parameters)
+    source_cls = dataset_registry.get(dataset.name)
+    _check_instantiable(dataset, dataset_registry, "dataset")
+    try:
+        source_cls(**dataset.params).check()
+    except FileNotFoundError as err:
+        raise SuiteError("dataset.root" if "root" in dataset.params else "dataset", str(err)) from None
+
+    regimes = tuple(_entry(r, f"regimes[{i}]", regime_registry, regime_parameters)
+                    for i, r in enumerate(_list(raw, "regimes")))
+    for i, regime in enumerate(regimes):
+        _check_instantiable(regime, regime_registry, f"regimes[{i}]")
+
+    pairs = []
+    for i, item in enumerate(_list(raw, "pairs")):
+        pair = build_dataclass(Pair, item, f"pairs[{i}]")
+        for role in ("teacher", "student"):
+            model = getattr(pair, role)
+            _require(is_model(model), f"pairs[{i}].{role}", f"unknown model '{model}' (see: kdbench list models)")
+        pairs.append(pair)
+
+    methods_registry = discover_methods()
+    methods = tuple(_entry(m, f"methods[{i}]", methods_registry, hyperparameters, ("name", "label"))
+                    for i, m in enumerate(_list(raw, "methods")))
+    labels = [m.label for m in methods]
+    for i, label in enumerate(labels):
+        _require(labels.index(label) == i, f"methods[{i}].label",
+                 f"'{label}' is used twice; give each variant its own label")
+
+    seeds = coerce(_list(raw, "seeds"), list[int], "seeds")
+    _require(len(set(seeds)) == len(seeds), "seeds", f"repeated seed in {seeds}")
+
+    suite = Suite(
+        name=suite_name,
+        description=coerce(raw.get("description", ""), str, "description"),
+        dataset=dataset,
+        regimes=regimes,
+        pairs=tuple(pairs),
+        methods=methods,
+        seeds=tuple(seeds),
+        train=build_dataclass(Recipe, raw.get("train"), "train"),
+        teacher=build_dataclass(TeacherSettings, raw.get("teacher"), "teacher"),
+        eval=build_dataclass(EvalSettings, raw.get("eval"), "eval"),
+        executor=build_dataclass(ExecutorSettings, raw.get("executor"), "executor"),
+        source=source,
+    )
+    plan = expand(suite)
+    for i, method in enumerate(methods):
+        _require(any(spec["label"] == method.label for spec in plan.runs.values()), f"methods[{i}].name",
+                 f"method '{method.name}' is refused for every regime: {'; '.join(plan.refused)}")
+    return suite
+
+
+# --------------------------------------------------------------------------------------------- expansion
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=lambda o: list(o) if isinstance(o, tuple | set) else str(o)))
+
+
+def spec_id(spec: dict[str, Any]) -> str:
+    """Run id: the first 12 hex digits of the SHA-256 of the canonical JSON of the resolved spec."""
+    hashed = _jsonable(spec)
+    hashed.get("dataset", {}).get("params", {}).pop("root", None)  # where the data sits is not what it is
+    canonical = json.dumps(hashed, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+@dataclass
+class Plan:
+    """A suite expanded: teacher jobs and student runs by id, and the (method, regime) cells refused."""
+
+    suite: Suite
+    teachers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    runs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    refused: list[str] = field(default_factory=list)
+
+
+def teacher_spec(suite: Suite, pair: Pair, regime: Entry) -> dict[str, Any]:
+    """The resolved spec of the teacher job a (pair, regime) cell distils from."""
+    other = regime_registry.get(regime.name).teacher_regime
+    trained_on = regime if other is None else Entry(
+        other, resolve_params(regime_parameters(regime_registry.get(other)), {}, {}, "regime", other))
+    return _jsonable({
+        "role": "teacher",
+        "model": pair.teacher,
+        "student": None,
+        "teacher": pair.teacher,
+        "method": "vanilla",
+        "label": "vanilla",
+        "method_params": {},
+        "dataset": {"name": suite.dataset.name, "params": suite.dataset.params},
+        "regime": {"name": trained_on.name, "params": trained_on.params},
+        "seed": suite.teacher.seed,
+        "epochs": suite.teacher.train.epochs,
+        "recipe": dataclasses.asdict(suite.teacher.train),
+        "eval": dataclasses.asdict(suite.eval),
+    })
+
+
+def expand(suite: Suite) -> Plan:
+    """pairs x regimes x methods x seeds -> run specs; one teacher job per distinct teacher spec."""
+    plan = Plan(suite)
+    methods_registry = discover_methods()
+    for pair in suite.pairs:
+        for regime in suite.regimes:
+            labeled = regime_registry.get(regime.name).labeled
+            t_spec = teacher_spec(suite, pair, regime)
+            t_id = spec_id(t_spec)
+            for method in suite.methods:
+                needs = methods_registry.get(method.name).needs
+                if needs.labels and not labeled:
+                    note = f"{method.label} x {regime.name}: refused, method '{method.name}' needs labels"
+                    if note not in plan.refused:
+                        plan.refused.append(note)
+                    continue
+                if needs.teacher:
+                    plan.teachers[t_id] = t_spec
+                for seed in suite.seeds:
+                    spec = _jsonable({
+                        "role": "student",
+                        "model": pair.student,
+                        "student": pair.student,
+                        "teacher": pair.teacher,
+                        "teacher_id": t_id if needs.teacher else None,
+                        "method": method.name,
+                        "label": method.label,
+                        "method_params": method.params,
+                        "dataset": {"name": suite.dataset.name, "params": suite.dataset.params},
+                        "regime": {"name": regime.name, "params": regime.params},
+                        "seed": seed,
+                        "epochs": suite.train.epochs,
+                        "recipe": dataclasses.asdict(suite.train),
+                        "eval": dataclasses.asdict(suite.eval),
+                    })
+                    plan.runs[spec_id(spec)] = spec
+    return plan
