@@ -231,16 +231,15 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
 
 
 _TOKEN = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+_KEY_PATH = re.compile(r"[^.\[\]]+(\.[^.\[\]]+|\[\d+\])*")
 
 
 def parse_key_path(key: str) -> list[str | int]:
     """``methods[1].T`` or ``methods.1.T`` -> ``['methods', 1, 'T']``."""
-    tokens: list[str | int] = []
-    for name, index in _TOKEN.findall(key):
-        tokens.append(int(index) if index else int(name) if name.isdigit() else name)
-    if not tokens or "".join(f"[{t}]" if isinstance(t, int) else t for t in tokens) != key.replace(".", ""):
+    if not _KEY_PATH.fullmatch(key):
         raise SuiteError(key, "not a key path (write e.g. train.epochs=5 or methods[1].T=2)")
-    return tokens
+    return [int(index) if index else int(name) if name.isdigit() else name
+            for name, index in _TOKEN.findall(key)]
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -1,0 +1,111 @@
+"""The training loop: schedules, resume after a crash with identical numbers, divergence, teacher checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import tiny_suite
+
+from kdbench import store
+from kdbench.dispatch import dispatch, prepare, run_dirs
+from kdbench.engine.recipe import LRFactor, steps_per_epoch
+from kdbench.runner import execute
+from kdbench.suite import ExecutorSettings, expand, validate
+
+DEBUG = ExecutorSettings(name="debug")
+TIMING = {"train_seconds", "eval_seconds"}
+
+
+def _recipe(**kw):
+    base = dict(schedule="cosine", epochs=10, warmup_epochs=0, milestones=[], lr_decay=0.1, min_lr=0.0, lr=0.1)
+    return {**base, **kw}
+
+
+def test_schedules() -> None:
+    cosine = LRFactor(_recipe(), steps_per_epoch=10)
+    assert cosine(0) == 1.0 and cosine(50) == pytest.approx(0.5) and cosine(100) == pytest.approx(0.0)
+    warm = LRFactor(_recipe(warmup_epochs=2), steps_per_epoch=10)
+    assert warm(0) == pytest.approx(1 / 20) and warm(19) == pytest.approx(1.0)
+    multistep = LRFactor(_recipe(schedule="multistep", milestones=[5, 8]), steps_per_epoch=10)
+    assert [multistep(s) for s in (49, 50, 79, 80)] == pytest.approx([1, 0.1, 0.1, 0.01])
+    assert LRFactor(_recipe(schedule="constant"), 10)(99) == 1.0
+    assert steps_per_epoch(65, 64) == 1 and steps_per_epoch(66, 64) == 2 and steps_per_epoch(64, 64) == 1
+
+
+def _plan(**overrides):
+    raw = tiny_suite(regimes=[{"name": "balanced"}], **overrides)
+    return expand(validate(raw))
+
+
+def _strip(rows):
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
+
+
+class SimulatedKill(BaseException):
+    """Stands for SIGKILL: escapes every handler, so no record is written."""
+
+
+def test_resume_after_crash_ends_with_the_same_numbers(tmp_path: Path) -> None:
+    plan = _plan(methods=[{"name": "kd"}], train={"epochs": 5, "batch_size": 32})
+    whole = dispatch(plan, tmp_path / "whole", DEBUG, progress=False)
+    assert set(whole.counts()) == {"done"}
+    # the same plan in another folder; the student crashes right after its epoch-2 checkpoint
+    root = prepare(plan, tmp_path / "crash")
+    dirs = run_dirs(root, plan)
+    teacher_id = next(iter(plan.teachers))
+    execute(dirs[teacher_id], log=lambda m: None)
+    run_id = next(iter(plan.runs))
+
+    def crash_after_two(message: str) -> None:
+        if "epoch   2/" in message:
+            raise SimulatedKill
+
+    with pytest.raises(SimulatedKill):
+        execute(dirs[run_id], log=crash_after_two)
+    assert not (dirs[run_id] / store.RESULT).exists()
+    assert len(store.read_jsonl(dirs[run_id] / store.METRICS)) == 2
+    resumed = execute(dirs[run_id], log=lambda m: None)
+    reference = store.load_result(tmp_path / "whole" / "tiny" / "runs" / run_id)
+    assert resumed["state"] == "done"
+    assert resumed["metrics"] == reference["metrics"]
+    assert _strip(store.read_jsonl(dirs[run_id] / store.METRICS)) == \
+        _strip(store.read_jsonl(tmp_path / "whole" / "tiny" / "runs" / run_id / store.METRICS))
+
+
+def test_divergence_is_recorded_not_dropped(tmp_path: Path) -> None:
+    plan = _plan(methods=[{"name": "vanilla"}], train={"epochs": 3, "lr": 1.0e12, "momentum": 0.0})
+    dispatch(plan, tmp_path, DEBUG, progress=False)
+    record = store.load_result(tmp_path / "tiny" / "runs" / next(iter(plan.runs)))
+    assert record["state"] == "diverged"
+    assert record["stability"]["diverged_epoch"] >= 1
+    assert "loss" in record["stability"]["reason"]
+
+
+def test_loss_bound_stops_the_run(tmp_path: Path) -> None:
+    plan = _plan(methods=[{"name": "vanilla"}], train={"epochs": 3, "diverge_above": 0.01})
+    dispatch(plan, tmp_path, DEBUG, progress=False)
+    record = store.load_result(tmp_path / "tiny" / "runs" / next(iter(plan.runs)))
+    assert record["state"] == "diverged" and record["stability"]["diverged_epoch"] == 1
+    assert "bound 0.01" in record["stability"]["reason"]
+
+
+def test_tampered_teacher_weights_fail_the_student_with_the_path(tmp_path: Path) -> None:
+    plan = _plan(methods=[{"name": "kd"}])
+    dispatch(plan, tmp_path, DEBUG, progress=False)
+    root = tmp_path / "tiny"
+    weights = root / "teachers" / next(iter(plan.teachers)) / store.WEIGHTS
+    weights.write_bytes(weights.read_bytes() + b"tampered")
+    run_dir = root / "runs" / next(iter(plan.runs))
+    (run_dir / store.RESULT).unlink()
+    (run_dir / store.CHECKPOINT).unlink()
+    record = execute(run_dir, log=lambda m: None)
+    assert record["state"] == "failed"
+    assert "sha256" in record["error"] and str(weights) in record["error"]
+
+
+def test_finished_runs_are_skipped(tmp_path: Path) -> None:
+    plan = _plan(methods=[{"name": "vanilla"}])
+    first = dispatch(plan, tmp_path, DEBUG, progress=False)
+    second = dispatch(plan, tmp_path, DEBUG, progress=False)
+    assert first.counts() == {"done": 1} and second.states == {} and second.skipped == 1

@@ -1,0 +1,47 @@
+"""A method file dropped into methods/ is listed and covered by the conformance test, with no test edited."""
+
+from __future__ import annotations
+
+import textwrap
+
+from conftest import ROOT, run_cli
+
+PLUGIN = textwrap.dedent('''
+    """A drop-in probe method written by tests/test_plugins.py (removed when the test ends)."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from kdbench.method import Method, Needs, register_method
+
+
+    @register_method("zz_dropin_probe")
+    class DropInProbe(Method):
+        """Logit L1 to the teacher through a learned scale (exercises the method's own parameters)."""
+
+        needs = Needs(labels=False)
+        description = "test probe: L1 between scaled student logits and teacher logits"
+
+        def __init__(self, student, teacher, *, num_classes: int, weight: float = 1.0) -> None:
+            super().__init__(student, teacher, num_classes=num_classes)
+            self.weight = weight
+            self.scale = nn.Parameter(torch.ones(1))
+
+        def losses(self, batch, s, t):
+            return {"l1": self.weight * F.l1_loss(self.scale * s.logits, t.logits)}
+''')
+
+
+def test_dropped_in_method_is_listed_and_conformance_tested() -> None:
+    path = ROOT / "methods" / "zz_dropin_probe.py"
+    path.write_text(PLUGIN)
+    try:
+        listed = run_cli("kdbench", "list", "methods")
+        assert listed.returncode == 0, listed.stderr
+        assert "zz_dropin_probe" in listed.stdout
+        tested = run_cli("pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "tests" / "test_conformance.py"),
+                         "-k", "zz_dropin_probe")
+        assert tested.returncode == 0, tested.stdout + tested.stderr
+        assert "3 passed" in tested.stdout, tested.stdout  # labelled + unlabeled step, documentation check
+    finally:
+        path.unlink(missing_ok=True)

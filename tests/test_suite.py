@@ -1,0 +1,150 @@
+"""Suite loading, validation errors that name the key, overrides, extends, grid expansion and run ids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import tiny_suite, write_suite
+
+from kdbench.suite import SuiteError, apply_overrides, expand, load_suite, parse_key_path, spec_id, validate
+
+
+def _error(raw: dict) -> SuiteError:
+    with pytest.raises(SuiteError) as info:
+        validate(raw)
+    return info.value
+
+
+def test_unknown_method_names_the_key_and_the_known_methods() -> None:
+    raw = tiny_suite(methods=[{"name": "vanilla"}, {"name": "kd"}, {"name": "kdd"}])
+    err = _error(raw)
+    assert err.key == "methods[2].name"
+    assert "unknown method 'kdd'" in str(err) and "kd, mse, vanilla" in str(err)
+
+
+@pytest.mark.parametrize(("change", "key", "words"), [
+    ({"trian": {}}, "trian", "unknown key 'trian'"),
+    ({"train": {"epochs": 3, "lr": "fast"}}, "train.lr", "expected a number"),
+    ({"train": {"epochs": 0}}, "train.epochs", "must be >= 1"),
+    ({"train": {"optimiser": "sgd"}}, "train.optimiser", "unknown key"),
+    ({"train": {"optimizer": "lamb"}}, "train.optimizer", "unknown optimizer 'lamb'"),
+    ({"methods": [{"name": "kd", "Tt": 2}]}, "methods[0].Tt", "unknown parameter 'Tt' of method 'kd'"),
+    ({"methods": [{"name": "kd", "T": "hot"}]}, "methods[0].T", "expected a number"),
+    ({"pairs": [{"teacher": "kdb_cnn_small", "student": "resnet9000"}]}, "pairs[0].student", "unknown model"),
+    ({"dataset": {"name": "cifar1000"}}, "dataset.name", "unknown dataset 'cifar1000'"),
+    ({"regimes": [{"name": "longtail", "imbalance": 0.5}]}, "regimes[0]", "imbalance must be >= 1"),
+    ({"seeds": [0, 0]}, "seeds", "repeated seed"),
+    ({"seeds": []}, "seeds", "non-empty list"),
+    ({"executor": {"name": "slurmm"}}, "executor.name", "unknown executor"),
+    ({"methods": [{"name": "vanilla"}], "regimes": [{"name": "unlabeled"}]}, "methods[0].name", "needs labels"),
+])
+def test_bad_values_name_their_key(change: dict, key: str, words: str) -> None:
+    err = _error(tiny_suite(**change))
+    assert err.key == key, str(err)
+    assert words in str(err)
+
+
+def test_missing_data_path_names_the_path(tmp_path: Path) -> None:
+    missing = tmp_path / "no such dir"
+    err = _error(tiny_suite(dataset={"name": "fashion_mnist", "root": str(missing)}))
+    assert err.key == "dataset.root"
+    assert str(missing) in str(err)
+
+
+def test_vanilla_is_refused_for_unlabeled_and_says_so() -> None:
+    plan = expand(validate(tiny_suite()))
+    assert any("vanilla x unlabeled: refused" in note for note in plan.refused)
+    assert {(s["label"], s["regime"]["name"]) for s in plan.runs.values()} == {
+        ("vanilla", "balanced"), ("kd", "balanced"), ("mse", "balanced"), ("kd", "unlabeled"), ("mse", "unlabeled")}
+
+
+def test_grid_expansion_counts_and_teacher_sharing() -> None:
+    raw = tiny_suite(seeds=[0, 1, 2], regimes=[{"name": "balanced"}, {"name": "longtail", "imbalance": 4},
+                                               {"name": "unlabeled"}])
+    plan = expand(validate(raw))
+    assert len(plan.runs) == 3 * 3 + 3 * 3 + 2 * 3  # vanilla refused for unlabeled
+    # unlabeled distils from the balanced teacher; longtail's teacher trains on the long-tailed set itself
+    assert len(plan.teachers) == 2
+    by_regime = {s["regime"]["name"]: s["teacher_id"] for s in plan.runs.values() if s["teacher_id"]}
+    assert by_regime["unlabeled"] == by_regime["balanced"] != by_regime["longtail"]
+    assert all(s["teacher_id"] is None for s in plan.runs.values() if s["method"] == "vanilla")
+    teacher = plan.teachers[by_regime["longtail"]]
+    assert teacher["role"] == "teacher" and teacher["regime"] == {"name": "longtail", "params": {
+        "imbalance": 4.0, "seed": 0, "many_above": 100, "few_below": 20}}
+
+
+def test_run_ids_are_stable_and_depend_on_the_spec() -> None:
+    plan_a = expand(validate(tiny_suite()))
+    plan_b = expand(validate(tiny_suite()))
+    assert list(plan_a.runs) == list(plan_b.runs)
+    spec = next(iter(plan_a.runs.values()))
+    assert spec_id(spec) == spec_id(dict(reversed(list(spec.items()))))  # key order does not matter
+    assert spec_id({**spec, "seed": 99}) != spec_id(spec)
+    # the data's location is not part of what it is
+    moved = {**spec, "dataset": {**spec["dataset"], "params": {**spec["dataset"]["params"], "root": "/x"}}}
+    assert spec_id(moved) == spec_id(spec)
+    # the default is resolved into the spec, so {name: kd} and {name: kd, T: 4.0} are the same run
+    explicit = expand(validate(tiny_suite(methods=[{"name": "kd", "T": 4.0}])))
+    implicit = expand(validate(tiny_suite(methods=[{"name": "kd"}])))
+    assert list(explicit.runs) == list(implicit.runs)
+    assert len(next(iter(plan_a.runs))) == 12
+
+
+def test_run_id_golden() -> None:
+    """Run ids of a fixed spec must not change by accident (results folders would be orphaned)."""
+    assert spec_id({"role": "student", "seed": 0, "method": "kd"}) == \
+        spec_id({"method": "kd", "seed": 0, "role": "student"})
+    # sha256 of the canonical JSON {"method":"kd","role":"student","seed":0}, first 12 hex digits
+    assert spec_id({"role": "student", "seed": 0, "method": "kd"}) == "95261767ee6e"
+
+
+def test_overrides_with_dotted_and_indexed_paths() -> None:
+    raw = tiny_suite()
+    out = apply_overrides(raw, ["train.epochs=7", "methods[1].T=2", "methods.2.alpha=0.5", "seeds=[3, 4]"])
+    suite = validate(out)
+    assert suite.train.epochs == 7
+    assert suite.methods[1].params["T"] == 2.0 and suite.methods[2].params["alpha"] == 0.5
+    assert suite.seeds == (3, 4)
+    assert raw["train"]["epochs"] == 3, "overrides must not mutate the input"
+    assert parse_key_path("methods[1].T") == ["methods", 1, "T"]
+    with pytest.raises(SuiteError, match="methods\\[9\\]"):
+        apply_overrides(raw, ["methods[9].T=2"])
+    with pytest.raises(SuiteError, match="key.path=value"):
+        apply_overrides(raw, ["train.epochs"])
+    err = _error(apply_overrides(raw, ["train.epoch=5"]))
+    assert err.key == "train.epoch"
+
+
+def test_extends_merges_mappings_and_replaces_lists(tmp_path: Path) -> None:
+    write_suite(tmp_path / "base.yaml", tiny_suite(name="base"))
+    child = write_suite(tmp_path / "child.yaml", {"extends": "base.yaml", "seeds": [5],
+                                                  "train": {"epochs": 2}, "description": "child"})
+    suite = load_suite(str(child))
+    assert suite.name == "child" and suite.seeds == (5,)
+    assert suite.train.epochs == 2 and suite.train.batch_size == 32  # merged key by key
+    assert [m.name for m in suite.methods] == ["vanilla", "kd", "mse"]
+
+
+def test_circular_extends_is_an_error(tmp_path: Path) -> None:
+    write_suite(tmp_path / "a.yaml", {"extends": "b.yaml"})
+    write_suite(tmp_path / "b.yaml", {"extends": "a.yaml"})
+    with pytest.raises(SuiteError, match="circular extends"):
+        load_suite(str(tmp_path / "a.yaml"))
+
+
+def test_yaml_is_parsed_safely(tmp_path: Path) -> None:
+    path = tmp_path / "evil.yaml"
+    path.write_text("name: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(SuiteError, match="not valid YAML"):
+        load_suite(str(path))
+
+
+def test_shipped_suites_validate() -> None:
+    from kdbench.suite import list_suites
+
+    names = list_suites()
+    assert "smoke" in names
+    for name in names:
+        suite = load_suite(name)
+        assert expand(suite).runs
