@@ -59,5 +59,5 @@ def test_train_batches_seeded_order_and_hidden_labels() -> None:
     again = [b.index.tolist() for b in train_batches(data, indices, 16, labeled=True, seed=1, epoch=0)]
     other = [b.index.tolist() for b in train_batches(data, indices, 16, labeled=True, seed=1, epoch=1)]
     assert first == again and first != other
-    assert sorted(sum(first, [])) == list(range(50))
+    assert sorted(i for batch in first for i in batch) == list(range(50))
     assert all(b.y is None for b in train_batches(data, indices, 16, labeled=False, seed=1, epoch=0))

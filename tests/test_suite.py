@@ -108,9 +108,9 @@ def test_overrides_with_dotted_and_indexed_paths() -> None:
     assert suite.seeds == (3, 4)
     assert raw["train"]["epochs"] == 3, "overrides must not mutate the input"
     assert parse_key_path("methods[1].T") == ["methods", 1, "T"]
-    with pytest.raises(SuiteError, match="methods\\[9\\]"):
+    with pytest.raises(SuiteError, match=r"methods\[9\]"):
         apply_overrides(raw, ["methods[9].T=2"])
-    with pytest.raises(SuiteError, match="key.path=value"):
+    with pytest.raises(SuiteError, match=r"key\.path=value"):
         apply_overrides(raw, ["train.epochs"])
     err = _error(apply_overrides(raw, ["train.epoch=5"]))
     assert err.key == "train.epoch"
