@@ -45,3 +45,30 @@ def test_dropped_in_method_is_listed_and_conformance_tested() -> None:
         assert "3 passed" in tested.stdout, tested.stdout  # labelled + unlabeled step, documentation check
     finally:
         path.unlink(missing_ok=True)
+
+
+def test_readme_method_example_works() -> None:
+    """The 'Adding a method' example in the README is real code that passes one training step."""
+    import re
+    import types
+
+    import torch
+
+    from kdbench.method import Batch, method_registry
+    from kdbench.models import create_network
+
+    readme = (ROOT / "README.md").read_text()
+    code = re.search(r"<!-- method-example -->\n```python\n(.*?)```", readme, re.S).group(1)
+    assert len(code.strip().splitlines()) <= 40
+    module = types.ModuleType("readme_example")
+    exec(compile(code, "README.md", "exec"), module.__dict__)
+    try:
+        cls = method_registry.get("logit_l1")
+        student = create_network("kdb_cnn_nano", num_classes=4, in_chans=1)
+        teacher = create_network("kdb_cnn_small", num_classes=4, in_chans=1).eval()
+        x = torch.randn(4, 1, 8, 8)
+        terms = cls(student, teacher, num_classes=4).losses(Batch(x, torch.arange(4), torch.arange(4)),
+                                                           student(x), teacher(x))
+        assert set(terms) == {"l1", "ce"} and all(torch.isfinite(v) for v in terms.values())
+    finally:
+        method_registry._items.pop("logit_l1", None)
