@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
@@ -63,3 +64,10 @@ class Registry(Generic[T]):
 
 def _qualname(obj: object) -> str:
     return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
+
+
+def init_parameters(cls: type) -> dict[str, inspect.Parameter]:
+    """The named parameters of ``cls.__init__`` (no ``self``, no ``*args``/``**kwargs``): what a suite may set."""
+    params = inspect.signature(cls.__init__).parameters
+    return {n: p for n, p in params.items()
+            if n != "self" and p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)}

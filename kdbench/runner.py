@@ -50,8 +50,7 @@ def teacher_dir_for(run_dir: Path, teacher_id: str) -> Path:
     return run_dir.parent.parent / "teachers" / teacher_id
 
 
-def load_teacher(run_dir: Path, spec: dict[str, Any], num_classes: int, in_chans: int,
-                 model_kwargs: dict[str, Any]) -> Network:
+def load_teacher(run_dir: Path, spec: dict[str, Any], num_classes: int, in_chans: int, img_size: int) -> Network:
     """Build the teacher network and load its verified weights (sha256 from its record, weights_only)."""
     tdir = teacher_dir_for(run_dir, spec["teacher_id"])
     record = store.load_result(tdir)
@@ -63,15 +62,10 @@ def load_teacher(run_dir: Path, spec: dict[str, Any], num_classes: int, in_chans
     if actual != expected:
         raise TeacherNotReadyError(f"{weights}: sha256 {actual[:12]}... does not match its record "
                                    f"({expected[:12]}...); delete {tdir} to retrain the teacher")
-    teacher = create_network(spec["teacher"], num_classes=num_classes, in_chans=in_chans, **model_kwargs)
+    teacher = create_network(spec["teacher"], num_classes=num_classes, in_chans=in_chans, img_size=img_size)
     teacher.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     teacher.eval().requires_grad_(False)
     return teacher
-
-
-def _model_kwargs(model: str, img_size: int) -> dict[str, Any]:
-    """Extra constructor arguments some models need (the MLPs take the input size)."""
-    return {"img_size": img_size} if model.startswith("kdb_mlp") else {}
 
 
 def _summarise(outcome: FitOutcome, groups: dict[str, list[int]]) -> dict[str, Any]:
@@ -123,14 +117,12 @@ def _execute(run_dir: Path, spec: dict[str, Any], log: Callable[[str], None]) ->
     splits = source.load()
     regime = regime_registry.get(spec["regime"]["name"])(**spec["regime"]["params"])
     regime_data = regime.apply(splits.train.y.numpy(), splits.num_classes)
-    kwargs = _model_kwargs(spec["model"], splits.img_size)
-
+    shape = {"num_classes": splits.num_classes, "in_chans": splits.in_chans, "img_size": splits.img_size}
     seed_everything(spec["seed"])
-    student = create_network(spec["model"], num_classes=splits.num_classes, in_chans=splits.in_chans, **kwargs)
+    student = create_network(spec["model"], **shape)
     teacher = None
     if spec.get("teacher_id"):
-        teacher = load_teacher(run_dir, spec, splits.num_classes, splits.in_chans,
-                               _model_kwargs(spec["teacher"], splits.img_size))
+        teacher = load_teacher(run_dir, spec, **shape)
     method_cls = discover_methods().get(spec["method"])
     method = method_cls(student, teacher, num_classes=splits.num_classes, **spec["method_params"])
     student.to(device)

@@ -7,12 +7,11 @@ many/medium/few class groups used in evaluation.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from kdbench.registry import Registry
+from kdbench.registry import Registry, init_parameters
 
 
 @dataclass
@@ -39,11 +38,8 @@ class Regime:
 regime_registry: Registry[type[Regime]] = Registry("regime")
 
 
-def regime_parameters(cls: type[Regime]) -> dict[str, inspect.Parameter]:
-    """A regime's parameters (the keyword arguments of its ``__init__``)."""
-    params = inspect.signature(cls.__init__).parameters
-    return {n: p for n, p in params.items()
-            if n != "self" and p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)}
+regime_parameters = init_parameters
+"""The parameters a suite may set, from the ``__init__`` signature."""
 
 
 def _counts(labels: np.ndarray, indices: np.ndarray, num_classes: int) -> list[int]:

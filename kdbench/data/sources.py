@@ -7,14 +7,13 @@ methods). ``load()`` returns the train and test splits as in-memory tensors. Not
 from __future__ import annotations
 
 import gzip
-import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from kdbench.registry import Registry
+from kdbench.registry import Registry, init_parameters
 
 
 @dataclass
@@ -61,11 +60,8 @@ class DataSource:
 dataset_registry: Registry[type[DataSource]] = Registry("dataset")
 
 
-def dataset_parameters(cls: type[DataSource]) -> dict[str, inspect.Parameter]:
-    """A source's parameters (the keyword arguments of its ``__init__``)."""
-    params = inspect.signature(cls.__init__).parameters
-    return {n: p for n, p in params.items()
-            if n != "self" and p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)}
+dataset_parameters = init_parameters
+"""The parameters a suite may set, from the ``__init__`` signature."""
 
 
 def _standardize(train: np.ndarray, test: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

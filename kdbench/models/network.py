@@ -86,10 +86,17 @@ def _info_list(info: object) -> list:
     return list(info.info) if hasattr(info, "info") else list(info)  # timm FeatureInfo or a plain list
 
 
-def create_network(name: str, *, num_classes: int, in_chans: int, **kwargs: object) -> Network:
-    """Build a registered timm model by name and wrap it (the kdbench zoo registers itself on import)."""
-    from kdbench import models as _zoo  # noqa: F401  (registers kdbench's models into timm)
+def create_network(name: str, *, num_classes: int, in_chans: int, img_size: int | None = None,
+                   **kwargs: object) -> Network:
+    """Build a registered timm model by name and wrap it (the kdbench zoo registers itself on import).
 
+    ``img_size`` reaches only kdbench's own nets (the MLPs size their first layer with it); timm's CNNs take
+    any input size and would refuse the argument.
+    """
+    from kdbench.models.small_nets import VARIANTS
+
+    if img_size is not None and name in VARIANTS:
+        kwargs["img_size"] = img_size
     model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
     return Network(model, name=name)
 

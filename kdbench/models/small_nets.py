@@ -158,46 +158,34 @@ def _cfg(**kwargs: object) -> dict:
 
 
 default_cfgs = generate_default_cfgs({
-    "kdb_cnn_nano.untrained": _cfg(),
-    "kdb_cnn_tiny.untrained": _cfg(),
-    "kdb_cnn_small.untrained": _cfg(),
-    "kdb_cnn_base.untrained": _cfg(),
-    "kdb_mlp_tiny.untrained": _cfg(),
-    "kdb_mlp_base.untrained": _cfg(),
+    f"{name}.untrained": _cfg() for name in ("kdb_cnn_nano", "kdb_cnn_tiny", "kdb_cnn_small", "kdb_cnn_base",
+                                             "kdb_mlp_tiny", "kdb_mlp_base")
 })
 
 
-@register_model
-def kdb_cnn_nano(pretrained: bool = False, **kwargs: object) -> SmallConvNet:
-    """About 0.4k parameters (10 classes, 1 channel): widths 2-4-8. A student that is clearly weaker."""
-    return _create(SmallConvNet, "kdb_cnn_nano", pretrained, widths=(2, 4, 8), **kwargs)
+VARIANTS = {
+    # name: (class, widths, docstring)
+    "kdb_cnn_nano": (SmallConvNet, (2, 4, 8), "About 0.5k parameters (10 classes, 1 channel): widths 2-4-8."),
+    "kdb_cnn_tiny": (SmallConvNet, (4, 8, 16), "About 1.7k parameters: widths 4-8-16."),
+    "kdb_cnn_small": (SmallConvNet, (16, 32, 64), "About 24k parameters: widths 16-32-64."),
+    "kdb_cnn_base": (SmallConvNet, (32, 64, 128),
+                     "About 94k parameters: widths 32-64-128 (feature dimension 128, a multiple of 64)."),
+    "kdb_mlp_tiny": (SmallMLP, (16, 16), "MLP with hidden widths 16-16 (pass img_size=28 for 28x28 inputs)."),
+    "kdb_mlp_base": (SmallMLP, (256, 128), "MLP with hidden widths 256-128 (pass img_size=28 for 28x28 inputs)."),
+}
 
 
-@register_model
-def kdb_cnn_tiny(pretrained: bool = False, **kwargs: object) -> SmallConvNet:
-    """About 1.7k parameters (10 classes, 1 channel): widths 4-8-16."""
-    return _create(SmallConvNet, "kdb_cnn_tiny", pretrained, widths=(4, 8, 16), **kwargs)
+def _entrypoint(variant: str) -> None:
+    """Register ``variant`` with timm as a model function named after it (timm keys on ``__name__``)."""
+    cls, widths, doc = VARIANTS[variant]
+
+    def create(pretrained: bool = False, **kwargs: object) -> nn.Module:
+        return _create(cls, variant, pretrained, widths=widths, **kwargs)
+
+    create.__name__ = create.__qualname__ = variant
+    create.__doc__ = doc
+    globals()[variant] = register_model(create)
 
 
-@register_model
-def kdb_cnn_small(pretrained: bool = False, **kwargs: object) -> SmallConvNet:
-    """About 24k parameters: widths 16-32-64."""
-    return _create(SmallConvNet, "kdb_cnn_small", pretrained, widths=(16, 32, 64), **kwargs)
-
-
-@register_model
-def kdb_cnn_base(pretrained: bool = False, **kwargs: object) -> SmallConvNet:
-    """About 93k parameters: widths 32-64-128 (feature dimension 128, a multiple of GenDD's 64-d tokens)."""
-    return _create(SmallConvNet, "kdb_cnn_base", pretrained, widths=(32, 64, 128), **kwargs)
-
-
-@register_model
-def kdb_mlp_tiny(pretrained: bool = False, **kwargs: object) -> SmallMLP:
-    """MLP with hidden widths 16-16 (img_size=8 by default; pass img_size=28 for 28x28 inputs)."""
-    return _create(SmallMLP, "kdb_mlp_tiny", pretrained, widths=(16, 16), **kwargs)
-
-
-@register_model
-def kdb_mlp_base(pretrained: bool = False, **kwargs: object) -> SmallMLP:
-    """MLP with hidden widths 256-128."""
-    return _create(SmallMLP, "kdb_mlp_base", pretrained, widths=(256, 128), **kwargs)
+for _variant in VARIANTS:
+    _entrypoint(_variant)
