@@ -230,6 +230,7 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return merged
 
 
+_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 _TOKEN = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 _KEY_PATH = re.compile(r"[^.\[\]]+(\.[^.\[\]]+|\[\d+\])*")
 
@@ -334,6 +335,8 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
             raise SuiteError(key, f"expected a mapping, got {value!r}")
         return dict(value)
     if tp is float:
+        if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+            return float(value)  # PyYAML (YAML 1.1) reads 5e-4 as a string: accept what is plainly a number
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise SuiteError(key, f"expected a number, got {value!r}")
         return float(value)

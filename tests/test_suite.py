@@ -99,6 +99,12 @@ def test_run_id_golden() -> None:
     assert spec_id({"role": "student", "seed": 0, "method": "kd"}) == "95261767ee6e"
 
 
+def test_yaml_1_1_exponent_strings_are_numbers() -> None:
+    suite = validate(tiny_suite(train={"lr": "5e-4", "weight_decay": "1e-4"}))
+    assert suite.train.lr == 5e-4 and suite.train.weight_decay == 1e-4
+    assert _error(tiny_suite(train={"lr": "5e-4x"})).key == "train.lr"
+
+
 def test_overrides_with_dotted_and_indexed_paths() -> None:
     raw = tiny_suite()
     out = apply_overrides(raw, ["train.epochs=7", "methods[1].T=2", "methods.2.alpha=0.5", "seeds=[3, 4]"])
