@@ -22,7 +22,7 @@ from torch import nn
 from kdbench.models.network import Network, Outputs
 from kdbench.registry import Registry
 
-__all__ = ["Batch", "Method", "Needs", "discover_methods", "hyperparameters", "method_registry",
+__all__ = ["Batch", "Method", "Needs", "Stage", "discover_methods", "hyperparameters", "method_registry",
            "register_method"]
 
 
@@ -45,16 +45,42 @@ class Batch:
     index: torch.Tensor
 
 
+LossFn = Callable[[Batch, Outputs, "Outputs | None"], dict[str, torch.Tensor]]
+
+
+@dataclass
+class Stage:
+    """An extra training phase a method runs before its main one (e.g. GenDD's warm start).
+
+    It trains the student (and the method's modules that ``param_groups`` returns) with its own losses, its own
+    epochs and its own optimizer settings (``recipe`` overrides keys of the run's recipe). Its epochs count in
+    the run's total budget, which the record states.
+    """
+
+    name: str
+    epochs: int
+    recipe: dict[str, Any]
+    losses: LossFn
+    predict: Callable[[torch.Tensor, Outputs], torch.Tensor]
+    param_groups: Callable[[Network], list[dict[str, Any]]]
+
+
 class Method(nn.Module):
     """Base class of every distillation method.
 
     Subclasses set ``needs`` and ``description``, take ``(student, teacher, *, num_classes, **hyperparameters)``
     with typed keyword hyper-parameters and published defaults, and implement :meth:`losses`.
+
+    ``final_predict_differs``: the final evaluation (``predict(..., final=True)``, e.g. more samples) differs
+    from the per-epoch one, so the engine re-evaluates the last and the best epoch with it.
+    ``reports_probe``: the student's own logits are a monitor worth reporting beside ``predict`` (GenDD).
     """
 
     needs: ClassVar[Needs] = Needs()
     description: ClassVar[str] = ""
     name: ClassVar[str] = ""
+    final_predict_differs: ClassVar[bool] = False
+    reports_probe: ClassVar[bool] = False
 
     def __init__(self, student: Network, teacher: Network | None, *, num_classes: int) -> None:
         super().__init__()
@@ -64,12 +90,23 @@ class Method(nn.Module):
         """Named, already weighted loss terms for one batch; the trainer sums them."""
         raise NotImplementedError(f"{type(self).__name__} must implement losses()")
 
-    def predict(self, x: torch.Tensor, s: Outputs) -> torch.Tensor:
-        """Class scores used for evaluation. Default: the student's own logits."""
+    def predict(self, x: torch.Tensor, s: Outputs, *, final: bool = False) -> torch.Tensor:
+        """Class scores used for evaluation (``final``: the end-of-run evaluation). Default: the student's logits."""
         return s.logits
 
     def on_epoch_start(self, epoch: int, epochs: int) -> None:
         """Hook called before each training epoch (e.g. for loss-weight warm-ups)."""
+
+    def before_step(self, optimizer: torch.optim.Optimizer, step: int, total_steps: int) -> None:
+        """Hook called before each optimizer step of the main phase (e.g. GenDD's beta2 ramp)."""
+
+    def stages(self, recipe: dict[str, Any]) -> list[Stage]:
+        """Extra phases run before the main one, in order. Default: none."""
+        return []
+
+    def extras(self) -> dict[str, dict[str, Any]]:
+        """Method-specific ``cost`` and ``diagnostics`` entries merged into the run's record."""
+        return {}
 
     def param_groups(self, student: Network) -> list[dict[str, Any]]:
         """Optimizer parameter groups: the student's and the method's own parameters, same settings."""

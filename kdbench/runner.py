@@ -17,17 +17,9 @@ import torch
 
 from kdbench import store
 from kdbench.data import dataset_registry, regime_registry
-from kdbench.engine import (
-    FitOutcome,
-    TrainState,
-    build_optimizer,
-    build_scheduler,
-    fit,
-    save_checkpoint,
-    seed_everything,
-    steps_per_epoch,
-)
+from kdbench.engine import FitOutcome, TrainState, fit, phases_of, save_checkpoint, seed_everything
 from kdbench.envinfo import environment
+from kdbench.measure import inference_cost, peak_memory_mb
 from kdbench.method import discover_methods
 from kdbench.models import Network, count_parameters, create_network
 
@@ -68,18 +60,26 @@ def load_teacher(run_dir: Path, spec: dict[str, Any], num_classes: int, in_chans
     return teacher
 
 
-def _summarise(outcome: FitOutcome, groups: dict[str, list[int]]) -> dict[str, Any]:
-    history = outcome.history
+def _metrics(outcome: FitOutcome, groups: dict[str, list[int]]) -> dict[str, Any]:
+    """Final metrics from the main phase's history (and the end-of-run evaluations when the method has them)."""
+    history = [h for h in outcome.history if h.get("phase", "main") == "main"]
     if not history:
         return {}
     last = history[-1]
-    best = max(history, key=lambda h: h["top1"])
-    metrics = {"top1_last": last["top1"], "top5_last": last["top5"], "top1_best": best["top1"],
-               "top5_best": best["top5"], "best_epoch": best["epoch"], "epochs_completed": last["epoch"]}
+    best = max(history, key=lambda h: h["top1"])  # the first epoch with the highest test top-1
+    keys = ["top1", "top5", *[f"top1_{g}" for g in groups], "top1_probe"]
+    metrics: dict[str, Any] = {"best_epoch": best["epoch"], "epochs_completed": last["epoch"]}
+    for key in (k for k in keys if k in last):
+        metrics[f"{key}_last"], metrics[f"{key}_best"] = last[key], best[key]
+    for which, evaluation in outcome.final.items():  # end-of-run evaluation replaces the per-epoch one
+        for key, value in evaluation.as_metrics().items():
+            if f"{key}_{which}" in metrics:
+                metrics[f"{key}_{which}_per_epoch"] = metrics[f"{key}_{which}"]
+            metrics[f"{key}_{which}"] = value
+    # names of the issue's schema: top1_many/medium/few = last epoch
     for group in groups:
-        if f"top1_{group}" in last:
-            metrics[f"top1_{group}"] = last[f"top1_{group}"]
-            metrics[f"top1_{group}_best"] = best[f"top1_{group}"]
+        if f"top1_{group}_last" in metrics:
+            metrics[f"top1_{group}"] = metrics[f"top1_{group}_last"]
     return metrics
 
 
@@ -131,11 +131,9 @@ def _execute(run_dir: Path, spec: dict[str, Any], log: Callable[[str], None]) ->
         teacher.to(device)
 
     recipe = spec["recipe"]
-    optimizer = build_optimizer(method.param_groups(student), recipe)
-    scheduler = build_scheduler(optimizer, recipe, steps_per_epoch(len(regime_data.indices), recipe["batch_size"]))
     prefix = f"[{spec['role']} {spec['label']} {spec['regime']['name']} seed {spec['seed']} {run_dir.name}]"
-    ts = TrainState(student=student, teacher=teacher, method=method, optimizer=optimizer, scheduler=scheduler,
-                    train=splits.train, regime=regime_data, test=splits.test, recipe=recipe,
+    ts = TrainState(student=student, teacher=teacher, method=method, train=splits.train, regime=regime_data,
+                    test=splits.test, recipe=recipe,
                     eval_batch_size=spec["eval"]["batch_size"], seed=spec["seed"], device=device, run_dir=run_dir,
                     log=lambda msg: log(f"{prefix} {msg}"))
     outcome = fit(ts)
@@ -145,20 +143,33 @@ def _execute(run_dir: Path, spec: dict[str, Any], log: Callable[[str], None]) ->
         weights = run_dir / store.WEIGHTS
         save_checkpoint(weights, {k: v.cpu() for k, v in student.state_dict().items()})
         artifacts = {"weights": store.WEIGHTS, "weights_sha256": sha256_file(weights)}
-    epoch_seconds = [h["train_seconds"] for h in outcome.history]
+    epoch_seconds = [h["train_seconds"] for h in outcome.history if h.get("phase", "main") == "main"]
+    stage_epochs = {p.name: p.recipe["epochs"] for p in phases_of(method, recipe) if not p.main}
+    cost = {"train_seconds": sum(h["train_seconds"] for h in outcome.history),
+            "seconds_per_epoch": sum(epoch_seconds) / len(epoch_seconds) if epoch_seconds else None,
+            "params": count_parameters(student), "extra_params": count_parameters(method),
+            "teacher_params": count_parameters(teacher) if teacher is not None else None,
+            "epochs": spec["epochs"], "extra_epochs": stage_epochs,
+            "total_epochs": spec["epochs"] + sum(stage_epochs.values())}
+    if outcome.state == "done":
+        example = splits.test.x[: spec["eval"]["batch_size"]].to(device)
+        method.eval()
+        cost.update(inference_cost(student, lambda x, out: method.predict(x, out, final=True), example,
+                                   batch_sizes=(1, len(example))))
+    cost["peak_memory_mb"] = peak_memory_mb(device)
+    extras = method.extras()
+    cost.update(extras.get("cost", {}))
     return {
         "state": outcome.state,
-        "metrics": _summarise(outcome, regime_data.groups),
-        "stability": {"diverged_epoch": outcome.diverged_epoch, "reason": outcome.reason,
+        "metrics": _metrics(outcome, regime_data.groups),
+        "stability": {"diverged_epoch": outcome.diverged_epoch, "diverged_phase": outcome.diverged_phase,
+                      "reason": outcome.reason,
                       "grad_norm_max": max((h["grad_norm_max"] for h in outcome.history), default=None)},
+        "diagnostics": extras.get("diagnostics", {}),
         "data": {"train_size": len(regime_data.indices), "test_size": len(splits.test), "labeled": regime_data.labeled,
                  "class_counts": regime_data.class_counts, "groups": regime_data.groups,
                  "synthetic": spec["dataset"]["name"] == "synthetic"},
-        "cost": {"train_seconds": sum(epoch_seconds),
-                 "seconds_per_epoch": sum(epoch_seconds) / len(epoch_seconds) if epoch_seconds else None,
-                 "params": count_parameters(student), "extra_params": count_parameters(method),
-                 "teacher_params": count_parameters(teacher) if teacher is not None else None,
-                 "total_epochs": spec["epochs"]},
+        "cost": cost,
         "artifacts": artifacts,
         "env": environment(device),
     }

@@ -1,8 +1,21 @@
 """The engine: one training loop for teachers and students, evaluation, checkpoints, recipes."""
 
 from kdbench.engine.checkpoint import load_checkpoint, save_checkpoint, seed_everything
-from kdbench.engine.loop import Evaluation, FitOutcome, TrainState, evaluate, fit
+from kdbench.engine.loop import Evaluation, FitOutcome, Phase, TrainState, evaluate, fit, phases_of
 from kdbench.engine.recipe import build_optimizer, build_scheduler, steps_per_epoch
 
-__all__ = ["Evaluation", "FitOutcome", "TrainState", "build_optimizer", "build_scheduler", "evaluate", "fit",
-           "load_checkpoint", "save_checkpoint", "seed_everything", "steps_per_epoch"]
+__all__ = [
+           "Evaluation",
+           "FitOutcome",
+           "Phase",
+           "TrainState",
+           "build_optimizer",
+           "build_scheduler",
+           "evaluate",
+           "fit",
+           "load_checkpoint",
+           "phases_of",
+           "save_checkpoint",
+           "seed_everything",
+           "steps_per_epoch",
+]

@@ -1,4 +1,4 @@
-"""The one training loop (teachers and every method) and the one evaluation path."""
+"""The one training loop (teachers, every method, every extra stage) and the one evaluation path."""
 
 from __future__ import annotations
 
@@ -14,47 +14,83 @@ import torch
 
 from kdbench.data import RegimeData, TensorData, eval_batches, train_batches
 from kdbench.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from kdbench.method import Method
-from kdbench.models import Network
+from kdbench.engine.recipe import build_optimizer, build_scheduler, steps_per_epoch
+from kdbench.method import LossFn, Method
+from kdbench.models import Network, Outputs
 from kdbench.store import atomic_write_jsonl
+
+CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"
+METRICS = "metrics.jsonl"
+
+Predict = Callable[[torch.Tensor, Outputs], torch.Tensor]
 
 
 @dataclass
 class Evaluation:
-    """Top-1/top-5 accuracy (percent) on a split, plus mean per-class accuracy of each class group."""
+    """Top-1/top-5 accuracy (percent) on a split, mean per-class accuracy of each class group, and the
+    top-1 of the student's own logits when the method reports it as a probe."""
 
     top1: float
     top5: float
     groups: dict[str, float] = field(default_factory=dict)
+    probe_top1: float | None = None
 
     def as_metrics(self) -> dict[str, float]:
-        return {"top1": self.top1, "top5": self.top5, **{f"top1_{g}": v for g, v in self.groups.items()}}
+        out = {"top1": self.top1, "top5": self.top5, **{f"top1_{g}": v for g, v in self.groups.items()}}
+        if self.probe_top1 is not None:
+            out["top1_probe"] = self.probe_top1
+        return out
 
 
 @torch.no_grad()
-def evaluate(student: Network, method: Method, data: TensorData, batch_size: int,
-             groups: dict[str, list[int]] | None = None, device: torch.device | str = "cpu") -> Evaluation:
-    """Accuracy of ``method.predict`` on ``data``; group accuracy is the mean of its classes' accuracies."""
+def evaluate(student: Network, predict: Predict, data: TensorData, batch_size: int,
+             groups: dict[str, list[int]] | None = None, device: torch.device | str = "cpu",
+             probe: bool = False) -> Evaluation:
+    """Accuracy of ``predict(x, student(x))`` on ``data``; a group's accuracy is the mean of its classes'."""
     student.eval()
-    method.eval()
-    correct1 = correct5 = total = 0
+    correct1 = correct5 = probe_correct = total = 0
     num_classes = student.num_classes
-    per_class_correct = torch.zeros(num_classes)
-    per_class_total = torch.zeros(num_classes)
+    per_class_correct = torch.zeros(num_classes, dtype=torch.float64)
+    per_class_total = torch.zeros(num_classes, dtype=torch.float64)
     for x, y in eval_batches(data, batch_size, device):
-        scores = method.predict(x, student(x))
-        k = min(5, scores.shape[1])
-        top = scores.topk(k, dim=1).indices
+        out = student(x)
+        scores = predict(x, out)
+        top = scores.topk(min(5, scores.shape[1]), dim=1).indices
         hit1 = (top[:, 0] == y).cpu()
         correct1 += int(hit1.sum())
         correct5 += int((top == y[:, None]).any(dim=1).sum())
+        if probe:
+            probe_correct += int((out.logits.argmax(1) == y).sum())
         total += len(y)
-        per_class_correct += torch.bincount(y.cpu(), weights=hit1.double(), minlength=num_classes).float()
-        per_class_total += torch.bincount(y.cpu(), minlength=num_classes).float()
+        per_class_correct += torch.bincount(y.cpu(), weights=hit1.double(), minlength=num_classes)
+        per_class_total += torch.bincount(y.cpu(), minlength=num_classes).double()
     per_class = per_class_correct / per_class_total.clamp(min=1)
     group_acc = {name: float(per_class[classes].mean() * 100) for name, classes in (groups or {}).items()
                  if classes}
-    return Evaluation(100.0 * correct1 / max(1, total), 100.0 * correct5 / max(1, total), group_acc)
+    total = max(1, total)
+    return Evaluation(100.0 * correct1 / total, 100.0 * correct5 / total, group_acc,
+                      100.0 * probe_correct / total if probe else None)
+
+
+@dataclass
+class Phase:
+    """One phase of a run: a method's extra stage or its main training, with its own optimizer settings."""
+
+    name: str
+    recipe: dict[str, Any]
+    losses: LossFn
+    predict: Predict
+    param_groups: Callable[[Network], list[dict[str, Any]]]
+    main: bool = False
+
+
+def phases_of(method: Method, recipe: dict[str, Any]) -> list[Phase]:
+    """The method's stages (each with the run recipe updated by its own settings), then the main phase."""
+    phases = [Phase(stage.name, {**recipe, **stage.recipe, "epochs": stage.epochs}, stage.losses, stage.predict,
+                    stage.param_groups) for stage in method.stages(recipe)]
+    phases.append(Phase("main", recipe, method.losses, method.predict, method.param_groups, main=True))
+    return phases
 
 
 @dataclass
@@ -64,8 +100,6 @@ class TrainState:
     student: Network
     teacher: Network | None
     method: Method
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
     train: TensorData
     regime: RegimeData
     test: TensorData
@@ -79,91 +113,126 @@ class TrainState:
 
 @dataclass
 class FitOutcome:
-    """How the loop ended: ``done`` or ``diverged`` (with the 1-based epoch and the reason)."""
+    """How the loop ended (``done`` or ``diverged`` with the 1-based epoch of its phase and the reason), the
+    per-epoch history, and the end-of-run evaluations (``final``) of the last and best epochs."""
 
     state: str
     history: list[dict[str, Any]]
     diverged_epoch: int | None = None
+    diverged_phase: str | None = None
     reason: str | None = None
+    final: dict[str, Evaluation] = field(default_factory=dict)
 
 
-def _checkpoint_payload(ts: TrainState, epoch: int, history: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"epoch": epoch, "student": ts.student.state_dict(), "method": ts.method.state_dict(),
-            "optimizer": ts.optimizer.state_dict(), "scheduler": ts.scheduler.state_dict(),
-            "rng": rng_state(), "history": history}
-
-
-def _resume(ts: TrainState, path: Path) -> tuple[int, list[dict[str, Any]]]:
-    if not path.exists():
-        return 0, []
-    ckpt = load_checkpoint(path)
-    ts.student.load_state_dict(ckpt["student"])
-    ts.method.load_state_dict(ckpt["method"])
-    ts.optimizer.load_state_dict(ckpt["optimizer"])
-    ts.scheduler.load_state_dict(ckpt["scheduler"])
-    set_rng_state(ckpt["rng"])
-    ts.log(f"resumed from epoch {ckpt['epoch']} ({path})")
-    return int(ckpt["epoch"]), list(ckpt["history"])
-
-
-def _train_epoch(ts: TrainState, epoch: int) -> tuple[dict[str, float], str | None]:
-    """One epoch of optimisation. Returns mean loss terms and, if the loss diverged, why."""
+def _train_epoch(ts: TrainState, phase: Phase, optimizer: torch.optim.Optimizer,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler, epoch: int,
+                 steps: int) -> tuple[dict[str, float], str | None]:
+    """One epoch of optimisation. Returns the mean loss terms and, if the loss diverged, why."""
     needs = ts.method.needs
     ts.student.train()
     ts.method.train()
     sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=ts.device))
-    steps = 0
+    done = 0
     grad_norm_max = 0.0
-    for batch in train_batches(ts.train, ts.regime.indices, ts.recipe["batch_size"], labeled=ts.regime.labeled,
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    clip = phase.recipe["grad_clip"] or float("inf")
+    for batch in train_batches(ts.train, ts.regime.indices, phase.recipe["batch_size"], labeled=ts.regime.labeled,
                                seed=ts.seed, epoch=epoch, device=ts.device):
         s = ts.student(batch.x, taps=needs.student_taps)
         t = None
         if ts.teacher is not None:
             with torch.no_grad():
                 t = ts.teacher(batch.x, taps=needs.teacher_taps)
-        terms = ts.method.losses(batch, s, t)
+        terms = phase.losses(batch, s, t)
         loss = torch.stack(list(terms.values())).sum()
         value = float(loss.detach())
-        if not math.isfinite(value) or value > ts.recipe["diverge_above"]:
-            return {}, f"loss {value:.4g} at step {steps + 1} (bound {ts.recipe['diverge_above']:g})"
-        ts.optimizer.zero_grad(set_to_none=True)
+        if not math.isfinite(value) or value > phase.recipe["diverge_above"]:
+            return {}, f"loss {value:.4g} at step {done + 1} (bound {phase.recipe['diverge_above']:g})"
+        optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        params = [p for g in ts.optimizer.param_groups for p in g["params"]]
-        clip = ts.recipe["grad_clip"] or float("inf")
         grad_norm_max = max(grad_norm_max, float(torch.nn.utils.clip_grad_norm_(params, clip)))
-        ts.optimizer.step()
-        ts.scheduler.step()
+        if phase.main:
+            ts.method.before_step(optimizer, epoch * steps + done, phase.recipe["epochs"] * steps)
+        optimizer.step()
+        scheduler.step()
         for name, term in terms.items():
             sums[name] += term.detach()
         sums["loss"] += loss.detach()
-        steps += 1
-    means = {f"train_{k}": float(v) / max(1, steps) for k, v in sums.items()}
+        done += 1
+    means = {f"train_{k}": float(v) / max(1, done) for k, v in sums.items()}
     means["grad_norm_max"] = grad_norm_max
     return means, None
 
 
+def _eval(ts: TrainState, phase: Phase, final: bool = False) -> Evaluation:
+    ts.method.eval()
+    predict = (lambda x, out: phase.predict(x, out, final=True)) if final else phase.predict
+    return evaluate(ts.student, predict, ts.test, ts.eval_batch_size, ts.regime.groups, ts.device,
+                    probe=phase.main and ts.method.reports_probe)
+
+
+def _state(ts: TrainState) -> dict[str, Any]:
+    return {"student": ts.student.state_dict(), "method": ts.method.state_dict()}
+
+
 def fit(ts: TrainState) -> FitOutcome:
-    """Train from the last checkpoint (if any) to the recipe's last epoch; evaluate and checkpoint each epoch."""
-    ckpt_path = ts.run_dir / "checkpoint.pt"
-    metrics_path = ts.run_dir / "metrics.jsonl"
-    start, history = _resume(ts, ckpt_path)
+    """Train every phase from the last checkpoint (if any) to its last epoch, evaluating and checkpointing after
+    every epoch; then, for methods whose final prediction differs, evaluate the last and best epochs with it."""
+    ckpt_path, best_path, metrics_path = ts.run_dir / CHECKPOINT, ts.run_dir / BEST, ts.run_dir / METRICS
+    phases = phases_of(ts.method, ts.recipe)
+    resume = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
+    history: list[dict[str, Any]] = []
+    start_phase = 0
+    if resume:
+        ts.student.load_state_dict(resume["student"])
+        ts.method.load_state_dict(resume["method"])
+        set_rng_state(resume["rng"])
+        history, start_phase = list(resume["history"]), int(resume["phase"])
+        ts.log(f"resumed from {phases[start_phase].name} epoch {resume['epoch']} ({ckpt_path})")
     atomic_write_jsonl(metrics_path, history)  # drop lines written after the checkpoint we resume from
-    epochs = ts.recipe["epochs"]
-    for epoch in range(start, epochs):
-        ts.method.on_epoch_start(epoch, epochs)
-        lr = ts.optimizer.param_groups[0]["lr"]
-        began = time.perf_counter()
-        train_metrics, diverged = _train_epoch(ts, epoch)
-        if diverged:
-            ts.log(f"epoch {epoch + 1}/{epochs}: diverged: {diverged}")
-            return FitOutcome("diverged", history, diverged_epoch=epoch + 1, reason=diverged)
-        train_seconds = time.perf_counter() - began
-        result = evaluate(ts.student, ts.method, ts.test, ts.eval_batch_size, ts.regime.groups, ts.device)
-        line = {"epoch": epoch + 1, "lr": lr, **train_metrics, **result.as_metrics(),
-                "train_seconds": train_seconds, "eval_seconds": time.perf_counter() - began - train_seconds}
-        history.append(line)
-        atomic_write_jsonl(metrics_path, history)
-        save_checkpoint(ckpt_path, _checkpoint_payload(ts, epoch + 1, history))
-        ts.log(f"epoch {epoch + 1:>3}/{epochs}  loss {line.get('train_loss', float('nan')):.4f}  "
-               f"top1 {result.top1:6.2f}  lr {lr:.3g}  {train_seconds:.2f}s")
-    return FitOutcome("done", history)
+    for index in range(start_phase, len(phases)):
+        phase = phases[index]
+        phase_steps = steps_per_epoch(len(ts.regime.indices), phase.recipe["batch_size"])
+        optimizer = build_optimizer(phase.param_groups(ts.student), phase.recipe)
+        scheduler = build_scheduler(optimizer, phase.recipe, phase_steps)
+        start = 0
+        if resume and index == start_phase:
+            optimizer.load_state_dict(resume["optimizer"])
+            scheduler.load_state_dict(resume["scheduler"])
+            start = int(resume["epoch"])
+        epochs = phase.recipe["epochs"]
+        for epoch in range(start, epochs):
+            if phase.main:
+                ts.method.on_epoch_start(epoch, epochs)
+            lr = optimizer.param_groups[0]["lr"]
+            began = time.perf_counter()
+            train_metrics, diverged = _train_epoch(ts, phase, optimizer, scheduler, epoch, phase_steps)
+            if diverged:
+                ts.log(f"{phase.name} epoch {epoch + 1}/{epochs}: diverged: {diverged}")
+                return FitOutcome("diverged", history, diverged_epoch=epoch + 1, diverged_phase=phase.name,
+                                  reason=diverged)
+            train_seconds = time.perf_counter() - began
+            result = _eval(ts, phase)
+            best_so_far = max((h["top1"] for h in history if h["phase"] == "main"), default=-1.0)
+            line = {"phase": phase.name, "epoch": epoch + 1, "lr": lr, **train_metrics, **result.as_metrics(),
+                    "train_seconds": train_seconds, "eval_seconds": time.perf_counter() - began - train_seconds}
+            history.append(line)
+            if phase.main and ts.method.final_predict_differs and result.top1 > best_so_far:
+                save_checkpoint(best_path, {"epoch": epoch + 1, **_state(ts)})
+            atomic_write_jsonl(metrics_path, history)
+            save_checkpoint(ckpt_path, {"phase": index, "epoch": epoch + 1, **_state(ts),
+                                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                        "rng": rng_state(), "history": history})
+            ts.log(f"{phase.name} epoch {epoch + 1:>3}/{epochs}  loss {line.get('train_loss', float('nan')):.4f}  "
+                   f"top1 {result.top1:6.2f}  lr {lr:.3g}  {train_seconds:.2f}s")
+    outcome = FitOutcome("done", history)
+    if ts.method.final_predict_differs:
+        main = phases[-1]
+        outcome.final["last"] = _eval(ts, main, final=True)
+        best = load_checkpoint(best_path)
+        ts.student.load_state_dict(best["student"])
+        ts.method.load_state_dict(best["method"])
+        outcome.final["best"] = _eval(ts, main, final=True)
+        ts.log(f"final evaluation: last {outcome.final['last'].top1:.2f}, best (epoch {best['epoch']}) "
+               f"{outcome.final['best'].top1:.2f}")
+    return outcome
