@@ -100,8 +100,8 @@ class Method(nn.Module):
     def before_step(self, optimizer: torch.optim.Optimizer, step: int, total_steps: int) -> None:
         """Hook called before each optimizer step of the main phase (e.g. GenDD's beta2 ramp)."""
 
-    def stages(self, recipe: dict[str, Any]) -> list[Stage]:
-        """Extra phases run before the main one, in order. Default: none."""
+    def stages(self, recipe: dict[str, Any], labeled: bool = True) -> list[Stage]:
+        """Extra phases run before the main one, in order (``labeled``: the run's data has labels). Default: none."""
         return []
 
     def extras(self) -> dict[str, dict[str, Any]]:

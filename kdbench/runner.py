@@ -144,7 +144,8 @@ def _execute(run_dir: Path, spec: dict[str, Any], log: Callable[[str], None]) ->
         save_checkpoint(weights, {k: v.cpu() for k, v in student.state_dict().items()})
         artifacts = {"weights": store.WEIGHTS, "weights_sha256": sha256_file(weights)}
     epoch_seconds = [h["train_seconds"] for h in outcome.history if h.get("phase", "main") == "main"]
-    stage_epochs = {p.name: p.recipe["epochs"] for p in phases_of(method, recipe) if not p.main}
+    stage_epochs = {p.name: p.recipe["epochs"] for p in phases_of(method, recipe, regime_data.labeled)
+                    if not p.main}
     cost = {"train_seconds": sum(h["train_seconds"] for h in outcome.history),
             "seconds_per_epoch": sum(epoch_seconds) / len(epoch_seconds) if epoch_seconds else None,
             "params": count_parameters(student), "extra_params": count_parameters(method),

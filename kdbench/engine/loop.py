@@ -85,10 +85,10 @@ class Phase:
     main: bool = False
 
 
-def phases_of(method: Method, recipe: dict[str, Any]) -> list[Phase]:
+def phases_of(method: Method, recipe: dict[str, Any], labeled: bool = True) -> list[Phase]:
     """The method's stages (each with the run recipe updated by its own settings), then the main phase."""
     phases = [Phase(stage.name, {**recipe, **stage.recipe, "epochs": stage.epochs}, stage.losses, stage.predict,
-                    stage.param_groups) for stage in method.stages(recipe)]
+                    stage.param_groups) for stage in method.stages(recipe, labeled=labeled)]
     phases.append(Phase("main", recipe, method.losses, method.predict, method.param_groups, main=True))
     return phases
 
@@ -179,7 +179,7 @@ def fit(ts: TrainState) -> FitOutcome:
     """Train every phase from the last checkpoint (if any) to its last epoch, evaluating and checkpointing after
     every epoch; then, for methods whose final prediction differs, evaluate the last and best epochs with it."""
     ckpt_path, best_path, metrics_path = ts.run_dir / CHECKPOINT, ts.run_dir / BEST, ts.run_dir / METRICS
-    phases = phases_of(ts.method, ts.recipe)
+    phases = phases_of(ts.method, ts.recipe, ts.regime.labeled)
     resume = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
     history: list[dict[str, Any]] = []
     start_phase = 0

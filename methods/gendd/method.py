@@ -1,0 +1,208 @@
+"""GenDD: Generative Distribution Distillation (Cui et al., arXiv 2507.14503), as its authors' code does it.
+
+KD as conditional generation: a diffusion head learns p(teacher feature | student feature). The student backbone
+is trained only through the diffusion loss (it flows back into the condition ``z = LayerNorm(f_s)``). Training
+target per image (no gradient): ``target = (1 - smooth) * f_T + smooth * (y @ W_T)`` (Distribution Contraction
+with the frozen teacher classifier rows), mixed with one Beta(beta, beta) weight and one permutation per batch
+together with z (feature mixup), split into ``D / token_dim`` tokens (Split Tokenization), rows repeated ``mul``
+times, the condition dropped to zero with probability ``cond_drop``. Prediction: ``num_samples`` samples of every
+token by the respaced reverse chain with classifier-free guidance, averaged in feature space, then the frozen
+teacher head ``W_T f + b_T``. The student's own fc is trained with CE on the detached feature as a probe.
+Supervised runs first warm-start the student through ``Linear(F_s -> D)`` and the frozen teacher head (CE).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdbench.method import Batch, Method, Needs, Stage, register_method
+from kdbench.models import Network, Outputs
+from methods.gendd.diffusion import GaussianDiffusion
+from methods.gendd.head import DiffusionHead
+
+
+def contract(teacher_feature: torch.Tensor, labels: torch.Tensor | None, classifier_weight: torch.Tensor,
+             smooth: float) -> torch.Tensor:
+    """Distribution Contraction: ``(1 - s) f_T + s (y @ W)``; ``labels`` are class ids or soft/mixed rows.
+    The identity when ``s == 0`` or without labels."""
+    if labels is None or smooth == 0:
+        return teacher_feature
+    onehot = F.one_hot(labels, classifier_weight.shape[0]).to(teacher_feature) if labels.dim() == 1 else labels
+    return (1 - smooth) * teacher_feature + smooth * (onehot @ classifier_weight)
+
+
+def split_tokens(feature: torch.Tensor, token_dim: int) -> torch.Tensor:
+    """B x D -> (B * T) x token_dim, token i of image b = dims [token_dim * i, token_dim * (i + 1)), row b*T + i."""
+    if feature.shape[1] % token_dim:
+        raise ValueError(f"feature dimension {feature.shape[1]} is not a multiple of token_dim {token_dim}")
+    return feature.reshape(-1, token_dim)
+
+
+def join_tokens(tokens: torch.Tensor, batch: int) -> torch.Tensor:
+    """Inverse of :func:`split_tokens`: (B * T) x token_dim -> B x D."""
+    return tokens.reshape(batch, -1)
+
+
+def feature_mixup(z: torch.Tensor, target: torch.Tensor, m: float,
+                  perm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mix condition and target with the same weight and permutation: ``m a + (1 - m) a[perm]``."""
+    return m * z + (1 - m) * z[perm], m * target + (1 - m) * target[perm]
+
+
+def beta2_at(step: int, total: int, beta2_min: float, beta2_max: float = 0.999) -> float:
+    """AdamW's beta2 ramped per step on a cosine from ``beta2_min`` (step 0) to ``beta2_max`` (last step)."""
+    progress = min(1.0, step / max(1, total - 1))
+    return beta2_max - (beta2_max - beta2_min) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@register_method("gendd")
+class GenDD(Method):
+    """Generative Distribution Distillation; defaults are the authors' CIFAR-100 settings."""
+
+    needs = Needs(labels=False, teacher=True)
+    description = "GenDD: diffusion head samples teacher features given the student's; frozen teacher head"
+    final_predict_differs = True
+    reports_probe = True
+
+    def __init__(self, student: Network, teacher: Network | None, *, num_classes: int,
+                 token_dim: int = 64, width: int = 1024, depth: int = 3, mul: int = 30, cond_drop: float = 0.2,
+                 smooth: float = 0.9, beta: float = 1.0, learn_sigma: bool = True, diffusion_steps: int = 1000,
+                 sample_steps: int = 100, sampler: str = "ddpm", start_step: int = 999, cfg: float = 2.0,
+                 temperature: float = 1.0, num_samples: int = 5, val_samples: int = 1,
+                 beta2_min: float = 0.95, head_weight_decay: float = 0.0, probe: bool = True,
+                 warm_start_epochs: int = 50, warm_start_lr: float = 3e-3,
+                 warm_start_weight_decay: float = 5e-2) -> None:
+        super().__init__(student, teacher, num_classes=num_classes)
+        dim = teacher.feature_dim
+        if dim % token_dim:
+            raise ValueError(f"teacher feature dimension {dim} is not a multiple of token_dim {token_dim}")
+        if sampler not in ("ddpm", "ddim"):
+            raise ValueError(f"sampler must be 'ddpm' or 'ddim', got '{sampler}'")
+        self.hp = dict(token_dim=token_dim, mul=mul, cond_drop=cond_drop, smooth=smooth, beta=beta, cfg=cfg,
+                       sampler=sampler, temperature=temperature, num_samples=num_samples, val_samples=val_samples,
+                       beta2_min=beta2_min, head_weight_decay=head_weight_decay, probe=probe,
+                       warm_start_epochs=warm_start_epochs, warm_start_lr=warm_start_lr,
+                       warm_start_weight_decay=warm_start_weight_decay)
+        self.num_tokens = dim // token_dim
+        self.cond_norm = nn.LayerNorm(student.feature_dim)
+        self.head = DiffusionHead(token_dim, student.feature_dim, self.num_tokens, width, depth, learn_sigma)
+        self.diffusion = GaussianDiffusion(diffusion_steps, learn_sigma)
+        self.schedule = self.diffusion.sampling_schedule(sample_steps, start_step)
+        self.warm_projector = nn.Linear(student.feature_dim, dim) if warm_start_epochs > 0 else None
+        classifier = teacher.classifier
+        self.register_buffer("teacher_weight", classifier.weight.detach().clone())
+        self.register_buffer("teacher_bias", classifier.bias.detach().clone())
+        object.__setattr__(self, "_student_fc", student.classifier)  # trained as a probe, owned by the student
+        # norm of the training targets over the current epoch (a buffer: checkpointed, so resumed runs agree)
+        self.register_buffer("target_norm_stats", torch.zeros(2, dtype=torch.float64))
+        self._stats = {"sample_norm_sum": 0.0, "sample_rows": 0, "nonfinite_samples": 0}
+
+    # ------------------------------------------------------------------ training
+    def losses(self, batch: Batch, s: Outputs, t: Outputs | None) -> dict[str, torch.Tensor]:
+        hp = self.hp
+        z = self.cond_norm(s.feature)
+        with torch.no_grad():
+            target = contract(t.feature, batch.y, self.teacher_weight, hp["smooth"])
+            self.target_norm_stats += torch.stack([target.norm(dim=1).sum().double(),
+                                                   torch.tensor(float(target.shape[0]), dtype=torch.float64,
+                                                                device=target.device)])
+        if hp["beta"] > 0:
+            m = float(np.random.beta(hp["beta"], hp["beta"]))
+            z, target = feature_mixup(z, target, m, torch.randperm(z.shape[0], device=z.device))
+        tokens = split_tokens(target, hp["token_dim"]).repeat(hp["mul"], 1)
+        cond = z.repeat_interleave(self.num_tokens, dim=0).repeat(hp["mul"], 1)
+        idx = torch.arange(self.num_tokens, device=z.device).repeat(z.shape[0] * hp["mul"])
+        keep = (torch.rand(cond.shape[0], device=cond.device) >= hp["cond_drop"]).to(cond.dtype)
+        cond = cond * keep[:, None]
+        steps = torch.randint(0, self.diffusion.num_steps, (tokens.shape[0],), device=tokens.device)
+        loss = self.diffusion.training_losses(lambda x, tt: self.head(x, tt, cond, idx), tokens, steps)
+        terms = {"diffusion": loss["loss"].mean()}
+        if batch.y is not None and hp["probe"]:
+            terms["probe_ce"] = F.cross_entropy(self._student_fc(s.feature.detach()), batch.y)
+        return terms
+
+    def on_epoch_start(self, epoch: int, epochs: int) -> None:
+        self.target_norm_stats.zero_()
+
+    def param_groups(self, student: Network) -> list[dict[str, Any]]:
+        """Backbone, condition LayerNorm and student fc at the recipe's weight decay; the head at its own (0)."""
+        head = list(self.head.parameters())
+        head_ids = {id(p) for p in head}
+        rest = [p for p in self.parameters() if id(p) not in head_ids and p.requires_grad
+                and (self.warm_projector is None or all(p is not q for q in self.warm_projector.parameters()))]
+        return [{"params": list(student.parameters()) + rest, "name": "student"},
+                {"params": head, "name": "diffusion_head", "weight_decay": self.hp["head_weight_decay"]}]
+
+    def before_step(self, optimizer: torch.optim.Optimizer, step: int, total_steps: int) -> None:
+        """AdamW's beta2 follows a per-step cosine from ``beta2_min`` to 0.999 (no-op for SGD)."""
+        beta2 = beta2_at(step, total_steps, self.hp["beta2_min"])
+        for group in optimizer.param_groups:
+            if "betas" in group:
+                group["betas"] = (group["betas"][0], beta2)
+
+    # ------------------------------------------------------------------ warm start
+    def stages(self, recipe: dict[str, Any], labeled: bool = True) -> list[Stage]:
+        """The supervised warm start: student -> Linear(F_s -> D) -> frozen teacher head, CE (AdamW, cosine)."""
+        if self.warm_projector is None or not labeled:
+            return []
+        hp = self.hp
+        return [Stage(
+            name="warm_start", epochs=hp["warm_start_epochs"],
+            recipe={"optimizer": "adamw", "lr": hp["warm_start_lr"], "weight_decay": hp["warm_start_weight_decay"],
+                    "schedule": "cosine", "warmup_epochs": 0, "milestones": [], "min_lr": 0.0},
+            losses=lambda batch, s, t: {"warm_ce": F.cross_entropy(self._warm_logits(s), batch.y)},
+            predict=lambda x, s: self._warm_logits(s),
+            param_groups=lambda student: [{"params": list(student.parameters())
+                                           + list(self.warm_projector.parameters()), "name": "warm_start"}],
+        )]
+
+    def _warm_logits(self, s: Outputs) -> torch.Tensor:
+        return F.linear(self.warm_projector(s.feature), self.teacher_weight, self.teacher_bias)
+
+    # ------------------------------------------------------------------ prediction
+    def sample_features(self, z: torch.Tensor, num_samples: int) -> torch.Tensor:
+        """``num_samples`` sampled teacher-space features per condition row, averaged: B x D."""
+        batch = z.shape[0]
+        cond = z.repeat_interleave(self.num_tokens, dim=0).repeat(num_samples, 1)
+        idx = torch.arange(self.num_tokens, device=z.device).repeat(batch * num_samples)
+        noise = torch.randn(cond.shape[0], self.hp["token_dim"], device=z.device, dtype=z.dtype)
+        cfg = self.hp["cfg"]
+        tokens = self.diffusion.sample(lambda x, t: self.head.forward_with_cfg(x, t, cond, idx, cfg), noise,
+                                       self.schedule, self.hp["sampler"], self.hp["temperature"])
+        return tokens.reshape(num_samples, batch, -1).mean(0)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, s: Outputs, *, final: bool = False) -> torch.Tensor:
+        features = self.sample_features(self.cond_norm(s.feature), self.hp["num_samples" if final else "val_samples"])
+        if final:
+            finite = torch.isfinite(features).all(dim=1)
+            self._stats["nonfinite_samples"] += int((~finite).sum())
+            self._stats["sample_norm_sum"] += float(features[finite].norm(dim=1).sum())
+            self._stats["sample_rows"] += int(finite.sum())
+        return F.linear(features, self.teacher_weight, self.teacher_bias)
+
+    # ------------------------------------------------------------------ record
+    def extras(self) -> dict[str, dict[str, Any]]:
+        st, hp = self._stats, self.hp
+        branches = 1 if hp["cfg"] == 1.0 else 2
+        norm_sum, rows = (float(v) for v in self.target_norm_stats)
+        target_norm = norm_sum / rows if rows else None
+        sample_norm = st["sample_norm_sum"] / st["sample_rows"] if st["sample_rows"] else None
+        return {
+            "cost": {"head_params": sum(p.numel() for p in self.head.parameters()),
+                     "head_rows_per_image_train": self.num_tokens * hp["mul"],
+                     "head_rows_per_image_predict": self.num_tokens * self.schedule.num_steps * branches
+                     * hp["num_samples"],
+                     "sample_steps": self.schedule.num_steps},
+            "diagnostics": {"target_norm_mean": target_norm, "sampled_norm_mean": sample_norm,
+                            "sampled_to_target_norm_ratio": sample_norm / target_norm
+                            if sample_norm is not None and target_norm else None,
+                            "nonfinite_samples": st["nonfinite_samples"],
+                            "first_sampling_timestep": int(self.schedule.timesteps[-1])},
+        }
