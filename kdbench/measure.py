@@ -25,15 +25,15 @@ def _sync(device: torch.device) -> None:
 
 
 def time_call(fn: Callable[[], Any], device: torch.device, warmup: int = 2, repeats: int = 10,
-              budget_s: float = 5.0) -> float:
-    """Median wall seconds of ``fn()`` after ``warmup`` calls; stops repeating once ``budget_s`` is spent
-    (at least 3 timed calls)."""
+              budget_s: float = 2.0, min_repeats: int = 3) -> float:
+    """Median wall seconds of ``fn()`` after ``warmup`` calls: at least ``min_repeats`` timed calls, then more
+    (up to ``repeats``) while the time spent is under ``budget_s``."""
     for _ in range(warmup):
         fn()
     _sync(device)
     times: list[float] = []
     spent = 0.0
-    while len(times) < repeats and (len(times) < 3 or spent < budget_s):
+    while len(times) < repeats and (len(times) < min_repeats or spent < budget_s):
         began = time.perf_counter()
         fn()
         _sync(device)
@@ -61,8 +61,10 @@ def inference_cost(student: Network, predict: Predict, example: torch.Tensor,
     for size in batch_sizes:
         x = example[:size]
         n = x.shape[0]
-        full = time_call(lambda x=x: predict(x, student(x)), device)
-        plain = time_call(lambda x=x: student(x).logits, device)
+        # batch 1: 2 warm-ups and >= 5 timed calls; a large batch: 1 warm-up and >= 1 timed call (2 s budget)
+        settings = dict(warmup=2, min_repeats=5) if n == 1 else dict(warmup=1, min_repeats=1)
+        full = time_call(lambda x=x: predict(x, student(x)), device, **settings)
+        plain = time_call(lambda x=x: student(x).logits, device, **settings)
         out[f"predict_ms_per_img_b{size}"] = 1000 * full / n
         out[f"student_ms_per_img_b{size}"] = 1000 * plain / n
         out[f"predict_vs_student_b{size}"] = full / plain if plain > 0 else None

@@ -104,6 +104,11 @@ class Method(nn.Module):
         """Extra phases run before the main one, in order (``labeled``: the run's data has labels). Default: none."""
         return []
 
+    def extra_evaluations(self) -> dict[str, Callable[[torch.Tensor, Outputs], torch.Tensor]]:
+        """Named alternative predictors evaluated once on the final model (e.g. GenDD's sampler sweep: top-1 and
+        latency of other step counts from the same trained head). Default: none."""
+        return {}
+
     def extras(self) -> dict[str, dict[str, Any]]:
         """Method-specific ``cost`` and ``diagnostics`` entries merged into the run's record."""
         return {}

@@ -25,6 +25,8 @@ from kdbench import store
 CELL = ["dataset", "regime", "teacher", "student"]
 ACCURACY = [("top1_last", "top1 last"), ("top1_best", "top1 best*"), ("top5_last", "top5 last")]
 GROUPS = [("top1_many", "many"), ("top1_medium", "medium"), ("top1_few", "few")]
+OPTIONAL = [("top1_probe_last", "probe top1 (last)")]  # shown when some method in the cell reports it
+COST = [("total_epochs", "epochs"), ("predict_ms_per_img_b1", "ms/img b1"), ("predict_vs_student_b1", "x student")]
 FORMATS = {"text": "simple", "markdown": "github", "latex": "latex_booktabs"}
 
 
@@ -88,10 +90,18 @@ def _mean_sd(values: pd.Series) -> str:
     return f"{values.mean():.2f} ± {values.std(ddof=1):.2f}"
 
 
+def _median(values: pd.Series) -> str:
+    values = values.dropna()
+    if values.empty:
+        return "-"
+    value = float(values.median())
+    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
+
+
 def cell_stats(frame: pd.DataFrame) -> pd.DataFrame:
     """Per cell and method: n and mean/sd of every accuracy column of finished student runs."""
     done = frame[(frame["role"] == "student") & (frame["state"] == "done")]
-    columns = [c for c, _ in ACCURACY + GROUPS if c in done]
+    columns = [c for c, _ in ACCURACY + GROUPS + OPTIONAL if c in done]
     rows = []
     for key, group in done.groupby([*CELL, "label"], dropna=False, sort=True):
         row = dict(zip([*CELL, "method"], key, strict=True))
@@ -124,7 +134,10 @@ def cell_tables(records: Records) -> list[tuple[str, list[str], list[list[str]]]
         title = (f"{dataset} · {regime} · {teacher} -> {student}   "
                  f"(teacher top-1 {_teacher_top1(frame, teacher_ids)})")
         groups = [(c, h) for c, h in GROUPS if c in cell and cell[c].notna().any()]
-        headers = ["method", "n", *[h for _, h in ACCURACY], *[f"{h} (last)" for _, h in groups], "not done"]
+        groups += [(c, h) for c, h in OPTIONAL if c in cell and cell[c].notna().any()]
+        costs = [(c, h) for c, h in COST if c in cell and cell[c].notna().any()]
+        headers = ["method", "n", *[h for _, h in ACCURACY], *[h if "(" in h else f"{h} (last)" for _, h in groups],
+                   *[h for _, h in costs], "not done"]
         rows = []
         for label in _method_order(list(cell["label"].dropna().unique())):
             runs = cell[cell["label"] == label]
@@ -132,6 +145,7 @@ def cell_tables(records: Records) -> list[tuple[str, list[str], list[list[str]]]
             other = runs[runs["state"] != "done"]["state"].value_counts()
             rows.append([label, str(len(done)), *[_mean_sd(done[c]) if c in done else "-" for c, _ in ACCURACY],
                          *[_mean_sd(done[c]) for c, _ in groups],
+                         *[_median(done[c]) for c, _ in costs],
                          ", ".join(f"{n} {s}" for s, n in other.items()) or ""])
         tables.append((title, headers, rows))
     return tables
@@ -169,7 +183,10 @@ def render(records: Records, fmt: str = "text") -> str:
         heading = f"### {title}" if fmt == "markdown" else f"% {title}" if fmt == "latex" else title
         parts.append(f"{heading}\n\n{tabulate(rows, headers=headers, tablefmt=style, disable_numparse=True)}")
     parts.append("mean ± sd over seeds (n = finished runs). *best = the best epoch on the test split "
-                 "(test-selected, optimistic); last = the final epoch. many/medium/few: mean per-class top-1.")
+                 "(test-selected, optimistic); last = the final epoch. many/medium/few: mean per-class top-1. "
+                 "probe: the student's own fc on its detached feature (GenDD). epochs: all training epochs "
+                 "including extra stages (budget parity). ms/img b1: the method's full predict path at batch 1 "
+                 "(median), x student: that time over the student's plain forward. Cost columns are medians.")
     problems = problem_lines(records)
     if problems:
         body = "\n".join(f"- {p}" if fmt == "markdown" else p for p in problems)

@@ -157,6 +157,12 @@ def _execute(run_dir: Path, spec: dict[str, Any], log: Callable[[str], None]) ->
         method.eval()
         cost.update(inference_cost(student, lambda x, out: method.predict(x, out, final=True), example,
                                    batch_sizes=(1, len(example))))
+    extra_evaluations = {}
+    if outcome.extra:
+        predictors = method.extra_evaluations()
+        for name, evaluation in outcome.extra.items():
+            timing = inference_cost(student, predictors[name], example, batch_sizes=(1,))
+            extra_evaluations[name] = {**evaluation.as_metrics(), **timing}
     cost["peak_memory_mb"] = peak_memory_mb(device)
     extras = method.extras()
     cost.update(extras.get("cost", {}))
@@ -167,6 +173,7 @@ def _execute(run_dir: Path, spec: dict[str, Any], log: Callable[[str], None]) ->
                       "reason": outcome.reason,
                       "grad_norm_max": max((h["grad_norm_max"] for h in outcome.history), default=None)},
         "diagnostics": extras.get("diagnostics", {}),
+        "extra_evaluations": extra_evaluations,
         "data": {"train_size": len(regime_data.indices), "test_size": len(splits.test), "labeled": regime_data.labeled,
                  "class_counts": regime_data.class_counts, "groups": regime_data.groups,
                  "synthetic": spec["dataset"]["name"] == "synthetic"},

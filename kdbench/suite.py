@@ -131,6 +131,7 @@ class Entry:
     name: str
     params: dict[str, Any]
     label: str = ""
+    train: Recipe | None = None  # a method's own recipe (the suite's train settings, overridden key by key)
 
 
 @dataclass(frozen=True)
@@ -416,6 +417,17 @@ def _entry(raw: Any, key: str, registry: Any, params_of: Any, reserved: tuple[st
     return Entry(name=name, params=params, label=label)
 
 
+def _method_entry(raw: Any, key: str, registry: Any, suite_train: dict[str, Any]) -> Entry:
+    """A method entry: its hyper-parameters, an optional ``label`` and an optional ``train`` recipe override."""
+    entry = _entry(raw, key, registry, hyperparameters, ("name", "label", "train"))
+    own = raw.get("train") if isinstance(raw, dict) else None
+    if own is None:
+        return entry
+    if not isinstance(own, dict):
+        raise SuiteError(f"{key}.train", f"expected a mapping, got {own!r}")
+    return dataclasses.replace(entry, train=build_dataclass(Recipe, {**suite_train, **own}, f"{key}.train"))
+
+
 def _check_instantiable(entry: Entry, registry: Any, key: str) -> None:
     try:
         registry.get(entry.name)(**entry.params)
@@ -463,7 +475,8 @@ def validate(raw: dict[str, Any], source: str = "") -> Suite:
         pairs.append(pair)
 
     methods_registry = discover_methods()
-    methods = tuple(_entry(m, f"methods[{i}]", methods_registry, hyperparameters, ("name", "label"))
+    train = build_dataclass(Recipe, raw.get("train"), "train")
+    methods = tuple(_method_entry(m, f"methods[{i}]", methods_registry, raw.get("train") or {})
                     for i, m in enumerate(_list(raw, "methods")))
     labels = [m.label for m in methods]
     for i, label in enumerate(labels):
@@ -481,7 +494,7 @@ def validate(raw: dict[str, Any], source: str = "") -> Suite:
         pairs=tuple(pairs),
         methods=methods,
         seeds=tuple(seeds),
-        train=build_dataclass(Recipe, raw.get("train"), "train"),
+        train=train,
         teacher=build_dataclass(TeacherSettings, raw.get("teacher"), "teacher"),
         eval=build_dataclass(EvalSettings, raw.get("eval"), "eval"),
         executor=build_dataclass(ExecutorSettings, raw.get("executor"), "executor"),
@@ -572,8 +585,8 @@ def expand(suite: Suite) -> Plan:
                         "dataset": {"name": suite.dataset.name, "params": suite.dataset.params},
                         "regime": {"name": regime.name, "params": regime.params},
                         "seed": seed,
-                        "epochs": suite.train.epochs,
-                        "recipe": dataclasses.asdict(suite.train),
+                        "epochs": (method.train or suite.train).epochs,
+                        "recipe": dataclasses.asdict(method.train or suite.train),
                         "eval": dataclasses.asdict(suite.eval),
                     })
                     plan.runs[spec_id(spec)] = spec

@@ -99,6 +99,16 @@ def test_run_id_golden() -> None:
     assert spec_id({"role": "student", "seed": 0, "method": "kd"}) == "95261767ee6e"
 
 
+def test_a_method_may_have_its_own_recipe() -> None:
+    raw = tiny_suite(methods=[{"name": "kd"}, {"name": "mse", "train": {"optimizer": "adamw", "lr": 1.0e-3}}])
+    plan = expand(validate(raw))
+    recipes = {s["method"]: s["recipe"] for s in plan.runs.values()}
+    assert recipes["kd"]["optimizer"] == "sgd" and recipes["mse"]["optimizer"] == "adamw"
+    assert recipes["mse"]["lr"] == 1e-3 and recipes["mse"]["epochs"] == 3 and recipes["mse"]["batch_size"] == 32
+    err = _error(tiny_suite(methods=[{"name": "kd", "train": {"lrr": 1}}]))
+    assert err.key == "methods[0].train.lrr"
+
+
 def test_yaml_1_1_exponent_strings_are_numbers() -> None:
     suite = validate(tiny_suite(train={"lr": "5e-4", "weight_decay": "1e-4"}))
     assert suite.train.lr == 5e-4 and suite.train.weight_decay == 1e-4

@@ -122,6 +122,7 @@ class FitOutcome:
     diverged_phase: str | None = None
     reason: str | None = None
     final: dict[str, Evaluation] = field(default_factory=dict)
+    extra: dict[str, Evaluation] = field(default_factory=dict)
 
 
 def _train_epoch(ts: TrainState, phase: Phase, optimizer: torch.optim.Optimizer,
@@ -226,6 +227,11 @@ def fit(ts: TrainState) -> FitOutcome:
             ts.log(f"{phase.name} epoch {epoch + 1:>3}/{epochs}  loss {line.get('train_loss', float('nan')):.4f}  "
                    f"top1 {result.top1:6.2f}  lr {lr:.3g}  {train_seconds:.2f}s")
     outcome = FitOutcome("done", history)
+    for name, predict in ts.method.extra_evaluations().items():  # on the last epoch's model
+        ts.method.eval()
+        outcome.extra[name] = evaluate(ts.student, predict, ts.test, ts.eval_batch_size, ts.regime.groups,
+                                       ts.device)
+        ts.log(f"extra evaluation {name}: top1 {outcome.extra[name].top1:.2f}")
     if ts.method.final_predict_differs:
         main = phases[-1]
         outcome.final["last"] = _eval(ts, main, final=True)

@@ -185,11 +185,12 @@ class GaussianDiffusion:
 
     @torch.no_grad()
     def sample(self, model: ModelFn, noise: torch.Tensor, schedule: Schedule, sampler: str = "ddpm",
-               temperature: float = 1.0) -> torch.Tensor:
+               temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
         """Run the reverse chain from ``noise`` (taken as x at the schedule's last step) down to x0.
 
         ``ddpm``: ancestral sampling with the model's variance, noise scaled by ``temperature``, none at the
-        last step. ``ddim``: the deterministic DDIM update (eta = 0) on the same steps.
+        last step. ``ddim``: the deterministic DDIM update (eta = 0) on the same steps. ``generator`` draws the
+        ancestral noise (default: the global RNG).
         """
         if sampler not in ("ddpm", "ddim"):
             raise ValueError(f"unknown sampler '{sampler}' (known: ddim, ddpm)")
@@ -200,7 +201,8 @@ class GaussianDiffusion:
             if sampler == "ddpm":
                 x = out["mean"]
                 if i > 0:
-                    x = x + torch.exp(0.5 * out["log_variance"]) * torch.randn_like(x) * temperature
+                    noise_i = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+                    x = x + torch.exp(0.5 * out["log_variance"]) * noise_i * temperature
             else:
                 eps = (_take(schedule.sqrt_recip_alphas_cumprod, index, x) * x - out["pred_x0"]) / \
                     _take(schedule.sqrt_recipm1_alphas_cumprod, index, x)

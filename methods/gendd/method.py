@@ -55,6 +55,13 @@ def feature_mixup(z: torch.Tensor, target: torch.Tensor, m: float,
     return m * z + (1 - m) * z[perm], m * target + (1 - m) * target[perm]
 
 
+def sweep_name(entry: dict) -> str:
+    """A readable name for one sampler setting, e.g. ``ddim-16x1-cfg1-t999``."""
+    return "-".join(str(part) for part in (
+        entry.get("sampler", "ddpm"), f"{entry.get('steps', 'K')}x{entry.get('samples', 1)}",
+        f"cfg{entry.get('cfg', 'default')}", f"t{entry.get('start_step', 'default')}"))
+
+
 def beta2_at(step: int, total: int, beta2_min: float, beta2_max: float = 0.999) -> float:
     """AdamW's beta2 ramped per step on a cosine from ``beta2_min`` (step 0) to ``beta2_max`` (last step)."""
     progress = min(1.0, step / max(1, total - 1))
@@ -77,7 +84,8 @@ class GenDD(Method):
                  temperature: float = 1.0, num_samples: int = 5, val_samples: int = 1,
                  beta2_min: float = 0.95, head_weight_decay: float = 0.0, probe: bool = True,
                  warm_start_epochs: int = 50, warm_start_lr: float = 3e-3,
-                 warm_start_weight_decay: float = 5e-2) -> None:
+                 warm_start_weight_decay: float = 5e-2, sample_seed: int = 0,
+                 eval_sweep: tuple[dict, ...] = ()) -> None:
         super().__init__(student, teacher, num_classes=num_classes)
         dim = teacher.feature_dim
         if dim % token_dim:
@@ -90,6 +98,8 @@ class GenDD(Method):
                        warm_start_epochs=warm_start_epochs, warm_start_lr=warm_start_lr,
                        warm_start_weight_decay=warm_start_weight_decay)
         self.num_tokens = dim // token_dim
+        self.sample_seed = sample_seed
+        self.sweep = {sweep_name(entry): self._sweep_settings(entry) for entry in eval_sweep}
         self.cond_norm = nn.LayerNorm(student.feature_dim)
         self.head = DiffusionHead(token_dim, student.feature_dim, self.num_tokens, width, depth, learn_sigma)
         self.diffusion = GaussianDiffusion(diffusion_steps, learn_sigma)
@@ -166,16 +176,48 @@ class GenDD(Method):
         return F.linear(self.warm_projector(s.feature), self.teacher_weight, self.teacher_bias)
 
     # ------------------------------------------------------------------ prediction
-    def sample_features(self, z: torch.Tensor, num_samples: int) -> torch.Tensor:
-        """``num_samples`` sampled teacher-space features per condition row, averaged: B x D."""
+    def sample_features(self, z: torch.Tensor, num_samples: int, schedule: Any = None, sampler: str | None = None,
+                        cfg: float | None = None, temperature: float | None = None) -> torch.Tensor:
+        """``num_samples`` sampled teacher-space features per condition row, averaged: B x D.
+
+        The noise comes from a generator of its own (seeded with ``sample_seed``), so evaluating never moves the
+        training RNG: two runs that differ only in how they sample train identically."""
+        hp = self.hp
+        schedule = self.schedule if schedule is None else schedule
+        cfg = hp["cfg"] if cfg is None else cfg
         batch = z.shape[0]
         cond = z.repeat_interleave(self.num_tokens, dim=0).repeat(num_samples, 1)
         idx = torch.arange(self.num_tokens, device=z.device).repeat(batch * num_samples)
-        noise = torch.randn(cond.shape[0], self.hp["token_dim"], device=z.device, dtype=z.dtype)
-        cfg = self.hp["cfg"]
+        generator = torch.Generator(device=z.device).manual_seed(self.sample_seed)
+        noise = torch.randn(cond.shape[0], hp["token_dim"], device=z.device, dtype=z.dtype, generator=generator)
         tokens = self.diffusion.sample(lambda x, t: self.head.forward_with_cfg(x, t, cond, idx, cfg), noise,
-                                       self.schedule, self.hp["sampler"], self.hp["temperature"])
+                                       schedule, sampler or hp["sampler"],
+                                       hp["temperature"] if temperature is None else temperature,
+                                       generator=generator)
         return tokens.reshape(num_samples, batch, -1).mean(0)
+
+    def _sweep_settings(self, entry: dict) -> dict[str, Any]:
+        unknown = set(entry) - {"sampler", "steps", "samples", "cfg", "start_step", "temperature"}
+        if unknown:
+            raise ValueError(f"eval_sweep: unknown key(s) {sorted(unknown)} (known: cfg, sampler, samples, "
+                             f"start_step, steps, temperature)")
+        hp = self.hp
+        return {"schedule": self.diffusion.sampling_schedule(int(entry.get("steps", self.schedule.num_steps)),
+                                                             int(entry.get("start_step",
+                                                                           self.schedule.timesteps[-1]))),
+                "sampler": entry.get("sampler", hp["sampler"]), "num_samples": int(entry.get("samples", 1)),
+                "cfg": float(entry.get("cfg", hp["cfg"])), "temperature": float(entry.get("temperature",
+                                                                                          hp["temperature"]))}
+
+    def extra_evaluations(self) -> dict[str, Any]:
+        """The sampler sweep: each setting's prediction from the same trained head."""
+        def predictor(settings: dict[str, Any]) -> Any:
+            @torch.no_grad()
+            def predict(x: torch.Tensor, s: Outputs) -> torch.Tensor:
+                features = self.sample_features(self.cond_norm(s.feature), **settings)
+                return F.linear(features, self.teacher_weight, self.teacher_bias)
+            return predict
+        return {name: predictor(settings) for name, settings in self.sweep.items()}
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, s: Outputs, *, final: bool = False) -> torch.Tensor:
