@@ -109,3 +109,52 @@ def test_finished_runs_are_skipped(tmp_path: Path) -> None:
     first = dispatch(plan, tmp_path, DEBUG, progress=False)
     second = dispatch(plan, tmp_path, DEBUG, progress=False)
     assert first.counts() == {"done": 1} and second.states == {} and second.skipped == 1
+
+
+GENDD_SMALL = {"name": "gendd", "width": 32, "mul": 2, "sample_steps": 4, "num_samples": 2,
+               "warm_start_epochs": 2, "eval_sweep": [{"sampler": "ddim", "steps": 2, "samples": 1}],
+               "train": {"optimizer": "adamw", "lr": 1.0e-3, "weight_decay": 5.0e-2, "epochs": 3}}
+
+
+def test_gendd_record_states_stages_costs_and_diagnostics(tmp_path: Path) -> None:
+    plan = _plan(methods=[GENDD_SMALL])
+    dispatch(plan, tmp_path, DEBUG, progress=False)
+    record = store.load_result(tmp_path / "tiny" / "runs" / next(iter(plan.runs)))
+    assert record["state"] == "done", record.get("error")
+    assert record["cost"]["extra_epochs"] == {"warm_start": 2} and record["cost"]["total_epochs"] == 5
+    phases = [line["phase"] for line in store.read_jsonl(tmp_path / "tiny" / "runs" / record["run_id"] /
+                                                         store.METRICS)]
+    assert phases == ["warm_start"] * 2 + ["main"] * 3
+    metrics = record["metrics"]
+    assert {"top1_last", "top1_best", "top1_probe_last", "top1_last_per_epoch"} <= set(metrics)
+    cost = record["cost"]
+    # 1 token (teacher feature 64 = token_dim), 4 steps, 2 branches (CFG), 2 samples
+    assert cost["head_rows_per_image_predict"] == 1 * 4 * 2 * 2 and cost["head_rows_per_image_train"] == 2
+    assert cost["predict_ms_per_img_b1"] > cost["student_ms_per_img_b1"] > 0
+    assert cost["predict_flops_per_img"] > cost["student_flops_per_img"] > 0
+    diagnostics = record["diagnostics"]
+    assert diagnostics["nonfinite_samples"] == 0 and diagnostics["sampled_to_target_norm_ratio"] > 0
+    assert diagnostics["first_sampling_timestep"] == 999
+    assert list(record["extra_evaluations"]) == ["ddim-2x1-cfgdefault-tdefault"]
+    assert "predict_ms_per_img_b1" in record["extra_evaluations"]["ddim-2x1-cfgdefault-tdefault"]
+
+
+@pytest.mark.parametrize("crash_at", ["warm_start epoch   1/", "main epoch   2/"])
+def test_gendd_resume_across_its_stages_ends_with_the_same_numbers(tmp_path: Path, crash_at: str) -> None:
+    plan = _plan(methods=[GENDD_SMALL])
+    dispatch(plan, tmp_path / "whole", DEBUG, progress=False)
+    root = prepare(plan, tmp_path / "crash")
+    dirs = run_dirs(root, plan)
+    execute(dirs[next(iter(plan.teachers))], log=lambda m: None)
+    run_id = next(iter(plan.runs))
+
+    def crash(message: str) -> None:
+        if crash_at in message:
+            raise SimulatedKill
+
+    with pytest.raises(SimulatedKill):
+        execute(dirs[run_id], log=crash)
+    resumed = execute(dirs[run_id], log=lambda m: None)
+    reference = store.load_result(tmp_path / "whole" / "tiny" / "runs" / run_id)
+    assert resumed["metrics"] == reference["metrics"]
+    assert resumed["diagnostics"]["target_norm_mean"] == reference["diagnostics"]["target_norm_mean"]

@@ -99,11 +99,11 @@ class GenDD(Method):
                        warm_start_weight_decay=warm_start_weight_decay)
         self.num_tokens = dim // token_dim
         self.sample_seed = sample_seed
-        self.sweep = {sweep_name(entry): self._sweep_settings(entry) for entry in eval_sweep}
         self.cond_norm = nn.LayerNorm(student.feature_dim)
         self.head = DiffusionHead(token_dim, student.feature_dim, self.num_tokens, width, depth, learn_sigma)
         self.diffusion = GaussianDiffusion(diffusion_steps, learn_sigma)
         self.schedule = self.diffusion.sampling_schedule(sample_steps, start_step)
+        self.sweep = {sweep_name(entry): self._sweep_settings(entry) for entry in eval_sweep}
         self.warm_projector = nn.Linear(student.feature_dim, dim) if warm_start_epochs > 0 else None
         classifier = teacher.classifier
         self.register_buffer("teacher_weight", classifier.weight.detach().clone())
