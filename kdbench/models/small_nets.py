@@ -27,33 +27,24 @@ def _select(indices: int | Sequence[int] | None, n: int) -> list[int]:
     return [i if i >= 0 else n + i for i in indices]
 
 
-class SmallConvNet(nn.Module):
-    """Stages of conv3x3-BN-ReLU, 2x2 max-pool between stages, global average pool, linear classifier."""
+class _StagedNet(nn.Module):
+    """Shared body of the small nets: a list of stages, a pooled feature, a linear classifier, timm's API.
 
-    def __init__(
-        self,
-        widths: Sequence[int] = (8, 16, 32),
-        num_classes: int = 10,
-        in_chans: int = 1,
-        drop_rate: float = 0.0,
-        **_: object,
-    ) -> None:
-        super().__init__()
+    Subclasses build ``self.stages`` and ``self.feature_info`` and define ``_prepare`` (the input as the first
+    stage wants it) and ``_pool`` (last stage output -> pooled feature).
+    """
+
+    def _init_head(self, widths: Sequence[int], num_classes: int, drop_rate: float) -> None:
         self.num_classes = num_classes
         self.num_features = self.head_hidden_size = widths[-1]
-        self.stages = nn.ModuleList()
-        self.feature_info = []
-        chans, reduction = in_chans, 1
-        for i, width in enumerate(widths):
-            layers: list[nn.Module] = [] if i == 0 else [nn.MaxPool2d(2)]
-            reduction *= 1 if i == 0 else 2
-            layers += [nn.Conv2d(chans, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
-            self.stages.append(nn.Sequential(*layers))
-            self.feature_info.append(dict(num_chs=width, reduction=reduction, module=f"stages.{i}"))
-            chans = width
-        self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.head_drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+        return x
 
     def get_classifier(self) -> nn.Module:
         return self.fc
@@ -63,6 +54,7 @@ class SmallConvNet(nn.Module):
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._prepare(x)
         for stage in self.stages:
             x = stage(x)
         return x
@@ -79,6 +71,7 @@ class SmallConvNet(nn.Module):
         wanted = _select(indices, len(self.stages))
         intermediates = []
         last = max(wanted) if stop_early or intermediates_only else len(self.stages) - 1
+        x = self._prepare(x)
         for i, stage in enumerate(self.stages[: last + 1]):
             x = stage(x)
             if i in wanted:
@@ -86,28 +79,42 @@ class SmallConvNet(nn.Module):
         return intermediates if intermediates_only else (x, intermediates)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.head_drop(self.global_pool(x).flatten(1))
+        x = self.head_drop(self._pool(x))
         return x if pre_logits else self.fc(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
 
-class SmallMLP(nn.Module):
+class SmallConvNet(_StagedNet):
+    """Stages of conv3x3-BN-ReLU, 2x2 max-pool between stages, global average pool, linear classifier."""
+
+    def __init__(self, widths: Sequence[int] = (8, 16, 32), num_classes: int = 10, in_chans: int = 1,
+                 drop_rate: float = 0.0, **_: object) -> None:
+        super().__init__()
+        self.stages = nn.ModuleList()
+        self.feature_info = []
+        chans, reduction = in_chans, 1
+        for i, width in enumerate(widths):
+            layers: list[nn.Module] = [] if i == 0 else [nn.MaxPool2d(2)]
+            reduction *= 1 if i == 0 else 2
+            layers += [nn.Conv2d(chans, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
+            self.stages.append(nn.Sequential(*layers))
+            self.feature_info.append(dict(num_chs=width, reduction=reduction, module=f"stages.{i}"))
+            chans = width
+        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        self._init_head(widths, num_classes, drop_rate)
+
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+        return self.global_pool(x).flatten(1)
+
+
+class SmallMLP(_StagedNet):
     """Flatten, hidden Linear-ReLU layers (each one tap-able stage), linear classifier."""
 
-    def __init__(
-        self,
-        widths: Sequence[int] = (64, 32),
-        num_classes: int = 10,
-        in_chans: int = 1,
-        img_size: int = 8,
-        drop_rate: float = 0.0,
-        **_: object,
-    ) -> None:
+    def __init__(self, widths: Sequence[int] = (64, 32), num_classes: int = 10, in_chans: int = 1,
+                 img_size: int = 8, drop_rate: float = 0.0, **_: object) -> None:
         super().__init__()
-        self.num_classes = num_classes
-        self.num_features = self.head_hidden_size = widths[-1]
         self.stages = nn.ModuleList()
         self.feature_info = []
         fan_in = in_chans * img_size * img_size
@@ -115,36 +122,10 @@ class SmallMLP(nn.Module):
             self.stages.append(nn.Sequential(nn.Linear(fan_in, width), nn.ReLU()))
             self.feature_info.append(dict(num_chs=width, reduction=1, module=f"stages.{i}"))
             fan_in = width
-        self.head_drop = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_head(widths, num_classes, drop_rate)
 
-    get_classifier = SmallConvNet.get_classifier
-    reset_classifier = SmallConvNet.reset_classifier
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.flatten(1)
-        for stage in self.stages:
-            x = stage(x)
-        return x
-
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | Sequence[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NC",
-        intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        return SmallConvNet.forward_intermediates(
-            self, x.flatten(1), indices, norm, stop_early, output_fmt, intermediates_only
-        )
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.head_drop(x)
-        return x if pre_logits else self.fc(x)
-
-    forward = SmallConvNet.forward
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
 
 
 def _create(cls: type[nn.Module], variant: str, pretrained: bool, **kwargs: object) -> nn.Module:
