@@ -171,7 +171,10 @@ def _execute(run_dir: Path, spec: dict[str, Any], log: Callable[[str], None]) ->
         "metrics": _metrics(outcome, regime_data.groups),
         "stability": {"diverged_epoch": outcome.diverged_epoch, "diverged_phase": outcome.diverged_phase,
                       "reason": outcome.reason,
-                      "grad_norm_max": max((h["grad_norm_max"] for h in outcome.history), default=None)},
+                      "grad_norm_max": max((h["grad_norm_max"] for h in outcome.history), default=None),
+                      "loss_spikes": sum(h.get("loss_spikes", 0) for h in outcome.history),
+                      "nonfinite_events": sum(h.get("nonfinite_grads", 0) for h in outcome.history)
+                      + int(outcome.nonfinite_loss)},
         "diagnostics": extras.get("diagnostics", {}),
         "extra_evaluations": extra_evaluations,
         "data": {"train_size": len(regime_data.indices), "test_size": len(splits.test), "labeled": regime_data.labeled,

@@ -36,6 +36,11 @@ def test_run_report_status_and_skip(suite_file: Path, tmp_path: Path) -> None:
     frame = pd.read_csv(io.StringIO(csv.stdout))
     assert len(frame) == 5 and {"method", "regime", "n", "top1_last_mean", "top1_best_mean"} <= set(frame)
     assert (tmp_path / "out" / "report.csv").read_text() == csv.stdout
+    plots = sorted(p.name for p in (tmp_path / "out" / "plots").glob("*.png"))
+    assert len([p for p in plots if p.startswith("accuracy_vs_latency")]) == 2  # balanced and unlabeled cells
+    assert len([p for p in plots if p.startswith("learning_curves")]) == 2
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "<img src='plots/" in page and "Δ vs kd" in page
     markdown = run_cli("kdbench", "report", str(results), "--format", "markdown")
     assert "| method" in markdown.stdout
 

@@ -22,6 +22,13 @@ def _recipe(**kw):
     return {**base, **kw}
 
 
+def test_spike_counter() -> None:
+    from kdbench.engine.loop import SpikeCounter
+
+    counter = SpikeCounter(factor=3.0, window=5, warmup=3)
+    assert [counter.observe(v) for v in (1.0, 1.0, 10.0, 1.0, 1.0, 2.9, 3.5, 1.0)] == [0, 0, 0, 0, 0, 0, 1, 0]
+
+
 def test_schedules() -> None:
     cosine = LRFactor(_recipe(), steps_per_epoch=10)
     assert cosine(0) == 1.0 and cosine(50) == pytest.approx(0.5) and cosine(100) == pytest.approx(0.0)
@@ -80,6 +87,7 @@ def test_divergence_is_recorded_not_dropped(tmp_path: Path) -> None:
     assert record["state"] == "diverged"
     assert record["stability"]["diverged_epoch"] >= 1
     assert "loss" in record["stability"]["reason"]
+    assert record["stability"]["nonfinite_events"] == int(record["stability"]["reason"].startswith("non-finite"))
 
 
 def test_loss_bound_stops_the_run(tmp_path: Path) -> None:
@@ -87,7 +95,8 @@ def test_loss_bound_stops_the_run(tmp_path: Path) -> None:
     dispatch(plan, tmp_path, DEBUG, progress=False)
     record = store.load_result(tmp_path / "tiny" / "runs" / next(iter(plan.runs)))
     assert record["state"] == "diverged" and record["stability"]["diverged_epoch"] == 1
-    assert "bound 0.01" in record["stability"]["reason"]
+    assert "above the bound 0.01" in record["stability"]["reason"]
+    assert record["stability"]["nonfinite_events"] == 0
 
 
 def test_tampered_teacher_weights_fail_the_student_with_the_path(tmp_path: Path) -> None:

@@ -13,11 +13,11 @@ from kdbench.report import cell_stats, load_records, render
 
 
 def _record(run_id: str, label: str, seed: int, top1: float, state: str = "done", role: str = "student",
-            regime: str = "balanced") -> dict:
+            regime: str = "balanced", dataset: str = "digits", teacher: str = "t", student: str = "s") -> dict:
     return {"schema": store.SCHEMA, "run_id": run_id, "state": state,
-            "spec": {"role": role, "method": label, "label": label, "model": "s", "student": "s", "teacher": "t",
-                     "teacher_id": "T1" if role == "student" else None, "dataset": {"name": "digits"},
-                     "regime": {"name": regime}, "seed": seed, "epochs": 3},
+            "spec": {"role": role, "method": label, "label": label, "model": student, "student": student,
+                     "teacher": teacher, "teacher_id": "T1" if role == "student" else None,
+                     "dataset": {"name": dataset}, "regime": {"name": regime}, "seed": seed, "epochs": 3},
             "metrics": {"top1_last": top1, "top1_best": top1 + 1, "top5_last": 99.0} if state == "done" else {},
             "stability": {"diverged_epoch": 2 if state == "diverged" else None}, "cost": {}}
 
@@ -41,12 +41,53 @@ def results(tmp_path: Path) -> Path:
     return tmp_path
 
 
+T_975_2DF = 4.302652729911275  # Student-t quantile, 0.975, 2 degrees of freedom (from tables)
+
+
 def test_statistics_match_hand_computed_values(results: Path) -> None:
     stats = cell_stats(load_records(results).frame).set_index("method")
     assert stats.loc["kd", "n"] == 3
     assert stats.loc["kd", "top1_last_mean"] == pytest.approx(92.0)
     assert stats.loc["kd", "top1_last_sd"] == pytest.approx(2.0)  # sample sd of 90, 92, 94
+    assert stats.loc["kd", "top1_last_ci95"] == pytest.approx(T_975_2DF * 2.0 / 3 ** 0.5)  # 4.9683
     assert stats.loc["vanilla", "n"] == 1 and stats.loc["vanilla", "top1_last_sd"] == 0.0
+    assert pd.isna(stats.loc["vanilla", "top1_last_ci95"])
+    # kd - vanilla over the one seed both finished (seed 0): 90 - 80
+    assert stats.loc["kd", "delta_vs_vanilla"] == pytest.approx(10.0) and stats.loc["kd", "delta_vs_vanilla_n"] == 1
+    assert stats.loc["vanilla", "runs_diverged"] == 1 and stats.loc["vanilla", "runs_failed"] == 1
+
+
+@pytest.fixture
+def paired(tmp_path: Path) -> Path:
+    """FABRICATED: one CIFAR cell (a published pair) with kd, vanilla and gendd on seeds 0-2."""
+    values = {"kd": (70.0, 72.0, 71.0), "vanilla": (68.0, 69.0, 71.0), "gendd": (60.0, 61.0, 62.0)}
+    for label, tops in values.items():
+        for seed, top1 in enumerate(tops):
+            rec = _record(f"{label}{seed}", label, seed, top1, dataset="cifar100", teacher="resnet32x4_cifar",
+                          student="resnet8x4_cifar")
+            store.atomic_write_json(tmp_path / "runs" / f"{label}{seed}" / "result.json", rec)
+    return tmp_path
+
+
+def test_paired_deltas_and_their_ci_match_hand_computed_values(paired: Path) -> None:
+    stats = cell_stats(load_records(paired).frame).set_index("method")
+    # kd - vanilla per seed: 2, 3, 0 -> mean 5/3, sd sqrt(7/3), CI half width t * sd / sqrt(3)
+    sd = (7 / 3) ** 0.5
+    assert stats.loc["kd", "delta_vs_vanilla"] == pytest.approx(5 / 3)
+    assert stats.loc["kd", "delta_vs_vanilla_ci95"] == pytest.approx(T_975_2DF * sd / 3 ** 0.5)  # 3.7946
+    assert bool(stats.loc["kd", "delta_vs_vanilla_inside_noise"]) is True
+    assert stats.loc["vanilla", "delta_vs_kd"] == pytest.approx(-5 / 3)
+    # gendd - kd per seed: -10, -11, -9 -> mean -10, sd 1, half width 2.4841: outside the noise
+    assert stats.loc["gendd", "delta_vs_kd"] == pytest.approx(-10.0)
+    assert stats.loc["gendd", "delta_vs_kd_ci95"] == pytest.approx(T_975_2DF / 3 ** 0.5)
+    assert bool(stats.loc["gendd", "delta_vs_kd_inside_noise"]) is False
+    assert pd.isna(stats.loc["kd"].get("delta_vs_kd"))
+    # the published column: RepDistiller's KD 73.33 for resnet32x4 -> resnet8x4
+    assert stats.loc["kd", "published_top1"] == pytest.approx(73.33)
+    assert stats.loc["vanilla", "published_top1"] == pytest.approx(72.50)
+    text = render(load_records(paired))
+    assert "-10.00 ±2.48 (3)" in text and "+1.67 ±3.79 (3)~" in text
+    assert "73.33" in text and "-2.33" in text  # kd mean 71.00 - 73.33
 
 
 def test_problems_are_listed_and_the_rest_reports(results: Path) -> None:
@@ -58,14 +99,24 @@ def test_problems_are_listed_and_the_rest_reports(results: Path) -> None:
     assert "r7/result.json: unreadable" in text
     assert "r8/result.json: schema 0, expected 1" in text
     assert "1 diverged, 1 failed" in text  # the vanilla row's 'not done' column
+    assert "1/3" in text  # stability: diverged/total for vanilla
 
 
-def test_formats(results: Path) -> None:
+def test_formats(results: Path, tmp_path: Path) -> None:
     records = load_records(results)
     frame = pd.read_csv(io.StringIO(render(records, "csv")))
-    assert list(frame["method"]) == ["kd", "vanilla"]
+    assert list(frame["method"]) == ["vanilla", "kd"]
     assert "\\toprule" in render(records, "latex")
     assert "| method" in render(records, "markdown")
+    page = render(records, "html")
+    assert page.startswith("<!doctype html>") and "<table>" in page and "diverged   r5" in page
+
+    from kdbench.report import write_outputs
+
+    written = {p.name for p in write_outputs(records, tmp_path / "out")}
+    assert {"report.txt", "report.md", "report.html", "report.tex", "report.csv"} <= written
+    # the fixtures have no latency and no per-epoch metrics: no plot is drawn, and nothing breaks
+    assert not any(name.endswith(".png") for name in written)
 
 
 def test_empty_folder_reports_nothing_found(tmp_path: Path) -> None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+import statistics
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +94,19 @@ def phases_of(method: Method, recipe: dict[str, Any], labeled: bool = True) -> l
     return phases
 
 
+class SpikeCounter:
+    """Counts loss spikes: a step whose loss is above ``factor`` x the median of the previous ``window`` steps."""
+
+    def __init__(self, factor: float = 3.0, window: int = 50, warmup: int = 10) -> None:
+        self.factor, self.warmup = factor, warmup
+        self.recent: deque[float] = deque(maxlen=window)
+
+    def observe(self, loss: float) -> int:
+        spike = len(self.recent) >= self.warmup and loss > self.factor * statistics.median(self.recent)
+        self.recent.append(loss)
+        return int(spike)
+
+
 @dataclass
 class TrainState:
     """The objects one run trains, and the settings of its loop."""
@@ -109,6 +123,7 @@ class TrainState:
     device: torch.device
     run_dir: Path
     log: Callable[[str], None] = print
+    spikes: SpikeCounter = field(default_factory=SpikeCounter)
 
 
 @dataclass
@@ -121,6 +136,7 @@ class FitOutcome:
     diverged_epoch: int | None = None
     diverged_phase: str | None = None
     reason: str | None = None
+    nonfinite_loss: bool = False
     final: dict[str, Evaluation] = field(default_factory=dict)
     extra: dict[str, Evaluation] = field(default_factory=dict)
 
@@ -135,6 +151,7 @@ def _train_epoch(ts: TrainState, phase: Phase, optimizer: torch.optim.Optimizer,
     sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=ts.device))
     done = 0
     grad_norm_max = 0.0
+    spikes = nonfinite_grads = 0
     params = [p for g in optimizer.param_groups for p in g["params"]]
     clip = phase.recipe["grad_clip"] or float("inf")
     for batch in train_batches(ts.train, ts.regime.indices, phase.recipe["batch_size"], labeled=ts.regime.labeled,
@@ -147,11 +164,18 @@ def _train_epoch(ts: TrainState, phase: Phase, optimizer: torch.optim.Optimizer,
         terms = phase.losses(batch, s, t)
         loss = torch.stack(list(terms.values())).sum()
         value = float(loss.detach())
-        if not math.isfinite(value) or value > phase.recipe["diverge_above"]:
-            return {}, f"loss {value:.4g} at step {done + 1} (bound {phase.recipe['diverge_above']:g})"
+        if not math.isfinite(value):
+            return {}, f"non-finite loss {value} at step {done + 1}"
+        if value > phase.recipe["diverge_above"]:
+            return {}, f"loss {value:.4g} at step {done + 1} above the bound {phase.recipe['diverge_above']:g}"
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm_max = max(grad_norm_max, float(torch.nn.utils.clip_grad_norm_(params, clip)))
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+        if math.isfinite(grad_norm):
+            grad_norm_max = max(grad_norm_max, grad_norm)
+        else:
+            nonfinite_grads += 1
+        spikes += ts.spikes.observe(value)
         if phase.main:
             ts.method.before_step(optimizer, epoch * steps + done, phase.recipe["epochs"] * steps)
         optimizer.step()
@@ -161,7 +185,7 @@ def _train_epoch(ts: TrainState, phase: Phase, optimizer: torch.optim.Optimizer,
         sums["loss"] += loss.detach()
         done += 1
     means = {f"train_{k}": float(v) / max(1, done) for k, v in sums.items()}
-    means["grad_norm_max"] = grad_norm_max
+    means.update(grad_norm_max=grad_norm_max, loss_spikes=spikes, nonfinite_grads=nonfinite_grads)
     return means, None
 
 
@@ -211,7 +235,7 @@ def fit(ts: TrainState) -> FitOutcome:
             if diverged:
                 ts.log(f"{phase.name} epoch {epoch + 1}/{epochs}: diverged: {diverged}")
                 return FitOutcome("diverged", history, diverged_epoch=epoch + 1, diverged_phase=phase.name,
-                                  reason=diverged)
+                                  reason=diverged, nonfinite_loss=diverged.startswith("non-finite"))
             train_seconds = time.perf_counter() - began
             result = _eval(ts, phase)
             best_so_far = max((h["top1"] for h in history if h["phase"] == "main"), default=-1.0)

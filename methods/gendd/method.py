@@ -246,5 +246,9 @@ class GenDD(Method):
                             "sampled_to_target_norm_ratio": sample_norm / target_norm
                             if sample_norm is not None and target_norm else None,
                             "nonfinite_samples": st["nonfinite_samples"],
-                            "first_sampling_timestep": int(self.schedule.timesteps[-1])},
+                            "first_sampling_timestep": int(self.schedule.timesteps[-1]),
+                            "sweep_settings": {name: {"sampler": st["sampler"], "steps": st["schedule"].num_steps,
+                                                      "samples": st["num_samples"], "cfg": st["cfg"],
+                                                      "start_step": int(st["schedule"].timesteps[-1])}
+                                               for name, st in self.sweep.items()}},
         }

@@ -1,0 +1,164 @@
+"""The report's pictures (matplotlib, PNG): accuracy vs inference latency per cell, learning curves per cell,
+and GenDD ablation curves (top-1 and latency vs sampling steps, token size, smooth)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from kdbench import store
+
+CELL = ["dataset", "regime", "teacher", "student"]
+
+
+def _slug(*parts: object) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", "_".join(str(p) for p in parts)).strip("_")
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path.with_suffix(".tmp.png"), dpi=110)
+    plt.close(fig)
+    path.with_suffix(".tmp.png").replace(path)
+    return path
+
+
+def accuracy_vs_latency(cell: pd.DataFrame, title: str, path: Path) -> Path | None:
+    """One point per method: mean top-1 (last) with its seed sd against median ms/img at batch 1 (log x)."""
+    done = cell[cell["state"] == "done"]
+    if done.empty or "predict_ms_per_img_b1" not in done:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, runs in done.groupby("label"):
+        latency = runs["predict_ms_per_img_b1"].median()
+        top1 = runs["top1_last"]
+        ax.errorbar(latency, top1.mean(), yerr=top1.std(ddof=1) if len(top1) > 1 else 0, fmt="o", capsize=4)
+        ax.annotate(f"{label} (n={len(top1)})", (latency, top1.mean()), textcoords="offset points", xytext=(6, 4),
+                    fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("inference ms/img at batch 1 (full predict path, log scale)")
+    ax.set_ylabel("top-1 % (last epoch), mean ± sd")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def learning_curves(cell: pd.DataFrame, title: str, path: Path) -> Path | None:
+    """Per method, per-epoch test top-1 of the main phase: mean over seeds and a ±sd band."""
+    done = cell[cell["state"] == "done"]
+    if done.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    drawn = False
+    for label, runs in done.groupby("label"):
+        curves = []
+        for folder in runs["path"]:
+            lines = [r for r in store.read_jsonl(Path(folder) / store.METRICS) if r.get("phase", "main") == "main"]
+            if lines:
+                curves.append([r["top1"] for r in lines])
+        if not curves:
+            continue
+        length = min(len(c) for c in curves)
+        data = np.array([c[:length] for c in curves])
+        epochs = np.arange(1, length + 1)
+        mean, sd = data.mean(0), data.std(0, ddof=1) if len(data) > 1 else np.zeros(length)
+        ax.plot(epochs, mean, label=f"{label} (n={len(data)})")
+        ax.fill_between(epochs, mean - sd, mean + sd, alpha=0.2)
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xlabel("epoch (main phase)")
+    ax.set_ylabel("test top-1 % (per-epoch evaluation)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def _parse_sweep_name(name: str, params: dict) -> dict | None:
+    """Settings from a sweep name such as ``ddim-16x1-cfgdefault-tdefault`` (records written before the
+    settings were stored beside it)."""
+    match = re.fullmatch(r"(ddpm|ddim)-(\d+)x(\d+)-cfg([^-]+)-t(.+)", name)
+    if not match:
+        return None
+    sampler, steps, samples, cfg, start = match.groups()
+    return {"sampler": sampler, "steps": int(steps), "samples": int(samples),
+            "cfg": float(params.get("cfg", 2.0)) if cfg == "default" else float(cfg),
+            "start_step": int(params.get("start_step", 999)) if start == "default" else int(start)}
+
+
+def gendd_sampler_curves(frame: pd.DataFrame, path: Path) -> Path | None:
+    """Top-1 and ms/img vs sampling steps for the sampler sweeps recorded by GenDD runs (same trained head)."""
+    rows = []
+    for folder in frame[(frame["method"] == "gendd") & (frame["state"] == "done")]["path"]:
+        record = store.load_result(Path(folder)) or {}
+        settings = (record.get("diagnostics") or {}).get("sweep_settings") or {}
+        params = (record.get("spec") or {}).get("method_params") or {}
+        for name, result in (record.get("extra_evaluations") or {}).items():
+            setting = settings.get(name) or _parse_sweep_name(name, params)
+            if setting:
+                rows.append({**setting, "top1": result["top1"], "ms": result.get("predict_ms_per_img_b1")})
+    if not rows:
+        return None
+    sweep = pd.DataFrame(rows)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, group in sweep.groupby(["sampler", "samples", "cfg", "start_step"]):
+        group = group.groupby("steps", as_index=False)[["top1", "ms"]].mean().sort_values("steps")
+        label = f"{key[0]} x{key[1]} cfg {key[2]:g} t{key[3]}"
+        left.plot(group["steps"], group["top1"], "o-", label=label)
+        right.plot(group["steps"], group["ms"], "o-", label=label)
+    for ax, ylabel in ((left, "top-1 %"), (right, "ms/img at batch 1")):
+        ax.set_xscale("log")
+        ax.set_xlabel("sampling steps K")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    right.set_yscale("log")
+    left.legend(fontsize=7)
+    fig.suptitle("GenDD: one trained head, other samplers", fontsize=10)
+    return _save(fig, path)
+
+
+def gendd_parameter_curve(frame: pd.DataFrame, parameter: str, path: Path) -> Path | None:
+    """Top-1 (last) and ms/img vs one GenDD hyper-parameter, over GenDD runs that differ in it."""
+    column = f"param_{parameter}"
+    runs = frame[(frame["method"] == "gendd") & (frame["state"] == "done")]
+    if column not in runs or runs[column].nunique() < 2:
+        return None
+    grouped = runs.groupby(column).agg(top1=("top1_last", "mean"), sd=("top1_last", "std"),
+                                       ms=("predict_ms_per_img_b1", "median"), n=("top1_last", "size"))
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    ax.errorbar(grouped.index, grouped["top1"], yerr=grouped["sd"].fillna(0), fmt="o-", capsize=4)
+    ax.set_xlabel(parameter)
+    ax.set_ylabel("top-1 % (last)")
+    twin = ax.twinx()
+    twin.plot(grouped.index, grouped["ms"], "s--", color="tab:red")
+    twin.set_ylabel("ms/img b1", color="tab:red")
+    ax.set_title(f"GenDD: top-1 and latency vs {parameter} (all GenDD runs that differ in it)", fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def write_plots(records: object, out: Path) -> list[Path]:
+    """Every plot the records allow, under ``out/plots``."""
+    frame: pd.DataFrame = records.frame
+    written: list[Path | None] = []
+    if frame.empty or "role" not in frame:
+        return []
+    students = frame[frame["role"] == "student"]
+    for key, cell in students.groupby(CELL, dropna=False, sort=True):
+        title = " · ".join(str(k) for k in key[:2]) + f" · {key[2]} -> {key[3]}"
+        written.append(accuracy_vs_latency(cell, title, out / "plots" / f"accuracy_vs_latency_{_slug(*key)}.png"))
+        written.append(learning_curves(cell, title, out / "plots" / f"learning_curves_{_slug(*key)}.png"))
+    written.append(gendd_sampler_curves(students, out / "plots" / "gendd_sampling_steps.png"))
+    for parameter in ("token_dim", "smooth", "sample_steps"):
+        written.append(gendd_parameter_curve(students, parameter, out / "plots" / f"gendd_{parameter}.png"))
+    return [p for p in written if p is not None]

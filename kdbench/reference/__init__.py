@@ -1,0 +1,28 @@
+"""Published top-1 numbers of the field's anchors, kept as data (``published.csv``) for the report's
+``published`` column. Sources: RepDistiller/CRD (last epoch), mdistiller (best epoch), DIST_KD, torchdistill,
+and the GenDD paper and README. Model names are kdbench's (CIFAR models carry the ``_cifar`` suffix)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+PUBLISHED = Path(__file__).with_name("published.csv")
+
+
+def load_published(path: Path = PUBLISHED) -> pd.DataFrame:
+    """The reference table: dataset, regime, teacher, student, method, top1, epochs, primary, source, note."""
+    frame = pd.read_csv(path, dtype={"epochs": "Int64"})
+    frame["primary"] = frame["primary"].astype(bool)
+    return frame
+
+
+def lookup(table: pd.DataFrame, dataset: str, regime: str, teacher: str, student: str, method: str,
+           epochs: int | None = None) -> pd.Series | None:
+    """The primary published row for a cell and method (matching epochs when the row states them), or None."""
+    rows = table[(table["dataset"] == dataset) & (table["regime"] == regime) & (table["teacher"] == teacher)
+                 & (table["student"] == student) & (table["method"] == method) & table["primary"]]
+    if epochs is not None:
+        rows = rows[rows["epochs"].isna() | (rows["epochs"] == epochs)]
+    return None if rows.empty else rows.iloc[0]
