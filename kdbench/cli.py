@@ -136,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     lister.set_defaults(func=_cmd_list)
 
     sub.add_parser("report", help="same as python -m kdbench.report (takes its arguments)")
+    sub.add_parser("bench", help="speed checks: bench overhead | gendd | report (prints ratios)")
     return parser
 
 
@@ -146,6 +147,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from kdbench.report import main as report_main
 
         return report_main(argv[1:])
+    if argv[:1] == ["bench"]:
+        from kdbench.bench import main as bench_main
+
+        return bench_main(argv[1:])
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # overrides given after options (run smoke --workers 2 train.epochs=3)

@@ -116,3 +116,17 @@ def test_local_executor_runs_jobs_in_parallel_processes(suite_file: Path, tmp_pa
     assert len(logs) == 6, "one submitit job per run"
     records = [store.load_result(p.parent) for p in tmp_path.glob("tiny/runs/*/result.json")]
     assert {r["env"]["threads"] for r in records} == {1}
+
+
+def test_bench_commands_print_their_ratios() -> None:
+    """Behaviour only (speed is never asserted): the bench commands run and print what they measure."""
+    overhead = run_cli("kdbench", "bench", "overhead", "--repeats", "1")
+    assert overhead.returncode == 0, overhead.stderr
+    assert "ratio harness / hand-written:" in overhead.stdout
+    report = run_cli("kdbench", "bench", "report", "--records", "40")
+    assert report.returncode == 0 and "40 FABRICATED records" in report.stdout
+    gendd = run_cli("kdbench", "bench", "gendd", "--batch", "2", "--mul", "1", "--width", "32", "--depth", "1",
+                    "--student", "kdb_cnn_nano", "--teacher", "kdb_cnn_base", "--img-size", "8",
+                    "--student-dim", "8", "--teacher-dim", "128", "--steps", "4", "2", "--samples", "1")
+    assert gendd.returncode == 0, gendd.stderr
+    assert "fraction of the matmul rate" in gendd.stdout and "K =   4" in gendd.stdout
