@@ -304,7 +304,8 @@ def _cost_table(stats: list[MethodStats]) -> Table:
     batch_columns = sorted({c for ms in stats for c in ms.done.columns
                             if c.startswith("predict_ms_per_img_b") and c != "predict_ms_per_img_b1"})
     big = batch_columns[0] if batch_columns else None
-    headers = ["method", "train s/epoch", "x vanilla", "ms/img b1", "x student", "FLOPs/img", "x student FLOPs",
+    headers = ["method", "train s/epoch", "x vanilla", "step ms", "ms/img b1", "x student", "FLOPs/img",
+               "x student FLOPs",
                *([f"ms/img {big.rsplit('_', 1)[1]}", "img/s"] if big else []), "extra params", "epochs (total)",
                "peak MB"]
     rows = []
@@ -313,7 +314,8 @@ def _cost_table(stats: list[MethodStats]) -> Table:
         epoch = _median(d, "seconds_per_epoch")
         flops, student_flops = _median(d, "predict_flops_per_img"), _median(d, "student_flops_per_img")
         row = [ms.label, _num(epoch), _num(epoch / base_epoch) if epoch and base_epoch else "-",
-               _num(_median(d, "predict_ms_per_img_b1")), _num(_median(d, "predict_vs_student_b1")),
+               _num(_median(d, "train_step_ms")), _num(_median(d, "predict_ms_per_img_b1")),
+               _num(_median(d, "predict_vs_student_b1")),
                _num(flops), _num(flops / student_flops) if flops and student_flops else "-"]
         if big:
             ms_big = _median(d, big)

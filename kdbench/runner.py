@@ -17,7 +17,15 @@ import torch
 
 from kdbench import store
 from kdbench.data import dataset_registry, regime_registry
-from kdbench.engine import FitOutcome, TrainState, fit, phases_of, save_checkpoint, seed_everything
+from kdbench.engine import (
+    FitOutcome,
+    TrainState,
+    fit,
+    phases_of,
+    save_checkpoint,
+    seed_everything,
+    steps_per_epoch,
+)
 from kdbench.envinfo import environment
 from kdbench.measure import inference_cost, peak_memory_mb
 from kdbench.method import discover_methods
@@ -148,6 +156,8 @@ def _execute(run_dir: Path, spec: dict[str, Any], log: Callable[[str], None]) ->
                     if not p.main}
     cost = {"train_seconds": sum(h["train_seconds"] for h in outcome.history),
             "seconds_per_epoch": sum(epoch_seconds) / len(epoch_seconds) if epoch_seconds else None,
+            "train_step_ms": 1000 * sum(epoch_seconds) / len(epoch_seconds)
+            / steps_per_epoch(len(regime_data.indices), recipe["batch_size"]) if epoch_seconds else None,
             "params": count_parameters(student), "extra_params": count_parameters(method),
             "teacher_params": count_parameters(teacher) if teacher is not None else None,
             "epochs": spec["epochs"], "extra_epochs": stage_epochs,
