@@ -6,7 +6,7 @@ PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.kdbench-installed
 
-.PHONY: suite test report lint check venv clean-venv
+.PHONY: suite test report example lint check venv clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,13 @@ suite: $(STAMP)
 ## make report: the report of everything under $(RESULTS)
 report: $(STAMP)
 	$(PY) -m kdbench.report $(RESULTS)
+
+## make example: the README's example report (smoke + gendd_ablation) into results/examples/
+example: $(STAMP)
+	$(PY) -m kdbench run smoke --results $(RESULTS)
+	$(PY) -m kdbench run gendd_ablation --results $(RESULTS)
+	$(PY) -m kdbench.report $(RESULTS)/smoke --out results/examples/smoke > /dev/null
+	$(PY) -m kdbench.report $(RESULTS)/gendd_ablation --out results/examples/gendd_ablation > /dev/null
 
 ## make test: the whole test suite
 test: $(STAMP)

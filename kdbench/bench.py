@@ -37,7 +37,7 @@ def _device_name(device: torch.device) -> str:
 # --------------------------------------------------------------------------------------------- overhead
 
 
-def _digits_kd(seed: int):
+def _digits_kd(seed: int, student_name: str = "kdb_cnn_nano"):
     from kdbench.data import dataset_registry, regime_registry
     from kdbench.engine import seed_everything
     from kdbench.method import discover_methods
@@ -46,7 +46,7 @@ def _digits_kd(seed: int):
     splits = dataset_registry.get("digits")().load()
     regime = regime_registry.get("balanced")().apply(splits.train.y.numpy(), 10)
     seed_everything(seed)
-    student = create_network("kdb_cnn_nano", num_classes=10, in_chans=1)
+    student = create_network(student_name, num_classes=10, in_chans=1)
     teacher = create_network("kdb_cnn_base", num_classes=10, in_chans=1).eval().requires_grad_(False)
     method = discover_methods().get("kd")(student, teacher, num_classes=10)
     return splits, regime, student, teacher, method
@@ -57,11 +57,11 @@ RECIPE = {"epochs": 1, "batch_size": 64, "optimizer": "sgd", "lr": 0.05, "moment
           "warmup_epochs": 0, "min_lr": 0.0, "grad_clip": None, "diverge_above": 1e4}
 
 
-def harness_epoch(seed: int, folder: Path) -> float:
+def harness_epoch(seed: int, folder: Path, student_name: str = "kdb_cnn_nano") -> float:
     """Seconds of one epoch through the harness's loop (``fit``: train, evaluate, checkpoint, metrics line)."""
     from kdbench.engine import TrainState, fit
 
-    splits, regime, student, teacher, method = _digits_kd(seed)
+    splits, regime, student, teacher, method = _digits_kd(seed, student_name)
     ts = TrainState(student=student, teacher=teacher, method=method, train=splits.train, regime=regime,
                     test=splits.test, recipe=RECIPE, eval_batch_size=512, seed=seed, device=torch.device("cpu"),
                     run_dir=folder, log=lambda m: None)
@@ -70,11 +70,11 @@ def harness_epoch(seed: int, folder: Path) -> float:
     return time.perf_counter() - began
 
 
-def hand_epoch(seed: int) -> float:
+def hand_epoch(seed: int, student_name: str = "kdb_cnn_nano") -> float:
     """Seconds of the same epoch written by hand: shuffled batches, KD loss, SGD, then top-1 on the test set."""
     from methods.kd import kd_loss
 
-    splits, _, student, teacher, _ = _digits_kd(seed)
+    splits, _, student, teacher, _ = _digits_kd(seed, student_name)
     optimizer = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     x_all, y_all = splits.train.x, splits.train.y
     began = time.perf_counter()
@@ -97,16 +97,16 @@ def hand_epoch(seed: int) -> float:
     return time.perf_counter() - began
 
 
-def bench_overhead(repeats: int = 7) -> None:
+def bench_overhead(repeats: int = 7, student: str = "kdb_cnn_nano") -> None:
     """Alternate harness and hand-written epochs; print the median of each and their ratio."""
     torch.set_num_threads(1)
     harness, hand = [], []
     for i in range(repeats):
         with tempfile.TemporaryDirectory() as folder:
-            harness.append(harness_epoch(i, Path(folder)))
-        hand.append(hand_epoch(i))
+            harness.append(harness_epoch(i, Path(folder), student))
+        hand.append(hand_epoch(i, student))
     h, m = statistics.median(harness), statistics.median(hand)
-    print(f"device: {_device_name(torch.device('cpu'))}; KD, kdb_cnn_base -> kdb_cnn_nano, digits, batch 64, "
+    print(f"device: {_device_name(torch.device('cpu'))}; KD, kdb_cnn_base -> {student}, digits, batch 64, "
           f"{repeats} alternating epochs each")
     print(f"harness epoch (train + eval + checkpoint + metrics): median {h * 1000:.1f} ms")
     print(f"hand-written loop (train + eval):                    median {m * 1000:.1f} ms")
@@ -216,6 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="what", required=True)
     overhead = sub.add_parser("overhead", help="harness epoch vs a hand-written loop (ratio)")
     overhead.add_argument("--repeats", type=int, default=7)
+    overhead.add_argument("--student", default="kdb_cnn_nano", help="a kdb_* student (kdb_cnn_base: heavier steps)")
     gendd = sub.add_parser("gendd", help="GenDD head step FLOP/s vs matmul, predict ms/img vs the student")
     gendd.add_argument("--batch", type=int, default=64, help="images per step (CIFAR recipe: 64)")
     gendd.add_argument("--teacher-dim", type=int, default=256, help="teacher feature dim (resnet32x4: 256)")
@@ -232,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.add_argument("--records", type=int, default=10_000)
     args = parser.parse_args(argv)
     if args.what == "overhead":
-        bench_overhead(args.repeats)
+        bench_overhead(args.repeats, args.student)
     elif args.what == "gendd":
         bench_gendd(args.batch, args.teacher_dim, args.student_dim, args.mul, args.width, args.depth, args.student,
                     args.teacher, args.img_size, args.steps, args.samples)

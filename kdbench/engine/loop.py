@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections import defaultdict, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,12 +148,13 @@ def _train_epoch(ts: TrainState, phase: Phase, optimizer: torch.optim.Optimizer,
     needs = ts.method.needs
     ts.student.train()
     ts.method.train()
-    sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=ts.device))
+    names: list[str] | None = None
+    totals: torch.Tensor | None = None  # running sums of the loss terms, one vector add per step
     done = 0
     grad_norm_max = 0.0
     spikes = nonfinite_grads = 0
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    clip = phase.recipe["grad_clip"] or float("inf")
+    clip = phase.recipe["grad_clip"]
     for batch in train_batches(ts.train, ts.regime.indices, phase.recipe["batch_size"], labeled=ts.regime.labeled,
                                seed=ts.seed, epoch=epoch, device=ts.device):
         s = ts.student(batch.x, taps=needs.student_taps)
@@ -162,7 +163,8 @@ def _train_epoch(ts: TrainState, phase: Phase, optimizer: torch.optim.Optimizer,
             with torch.no_grad():
                 t = ts.teacher(batch.x, taps=needs.teacher_taps)
         terms = phase.losses(batch, s, t)
-        loss = torch.stack(list(terms.values())).sum()
+        stacked = torch.stack(list(terms.values()))
+        loss = stacked.sum()
         value = float(loss.detach())
         if not math.isfinite(value):
             return {}, f"non-finite loss {value} at step {done + 1}"
@@ -170,7 +172,11 @@ def _train_epoch(ts: TrainState, phase: Phase, optimizer: torch.optim.Optimizer,
             return {}, f"loss {value:.4g} at step {done + 1} above the bound {phase.recipe['diverge_above']:g}"
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+        grads = [p.grad for p in params if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads)
+        if clip:
+            torch.nn.utils.clip_grads_with_norm_(params, clip, norm)
+        grad_norm = float(norm)
         if math.isfinite(grad_norm):
             grad_norm_max = max(grad_norm_max, grad_norm)
         else:
@@ -180,11 +186,12 @@ def _train_epoch(ts: TrainState, phase: Phase, optimizer: torch.optim.Optimizer,
             ts.method.before_step(optimizer, epoch * steps + done, phase.recipe["epochs"] * steps)
         optimizer.step()
         scheduler.step()
-        for name, term in terms.items():
-            sums[name] += term.detach()
-        sums["loss"] += loss.detach()
+        if names is None:
+            names, totals = list(terms), torch.zeros(len(terms) + 1, device=ts.device)
+        totals += torch.cat([stacked.detach(), loss.detach()[None]])
         done += 1
-    means = {f"train_{k}": float(v) / max(1, done) for k, v in sums.items()}
+    values = totals.tolist() if totals is not None else []
+    means = {f"train_{k}": v / max(1, done) for k, v in zip([*(names or []), "loss"], values, strict=False)}
     means.update(grad_norm_max=grad_norm_max, loss_spikes=spikes, nonfinite_grads=nonfinite_grads)
     return means, None
 
