@@ -64,6 +64,7 @@ def _flatten(record: dict[str, Any], path: Path) -> dict[str, Any]:
     row.update({f"param_{k}": v for k, v in (spec.get("method_params") or {}).items()
                 if isinstance(v, int | float | str | bool)})
     row.update({k: v for k, v in (record.get("metrics") or {}).items() if isinstance(v, int | float)})
+    row["val_size"] = (record.get("data") or {}).get("val_size")
     row.update({k: v for k, v in (record.get("cost") or {}).items() if isinstance(v, int | float)})
     return row
 

@@ -16,7 +16,8 @@ from typing import Any
 import torch
 
 from kdbench import store
-from kdbench.data import dataset_registry, regime_registry
+from kdbench.data import TensorData, dataset_registry, regime_registry
+from kdbench.data.regimes import hold_out
 from kdbench.engine import (
     FitOutcome,
     TrainState,
@@ -77,6 +78,9 @@ def _metrics(outcome: FitOutcome, groups: dict[str, list[int]]) -> dict[str, Any
     best = max(history, key=lambda h: h["top1"])  # the first epoch with the highest test top-1
     keys = ["top1", "top5", *[f"top1_{g}" for g in groups], "top1_probe"]
     metrics: dict[str, Any] = {"best_epoch": best["epoch"], "epochs_completed": last["epoch"]}
+    if "val_top1" in last:  # the epoch chosen on the held-out split, reported on the test split
+        chosen = max(history, key=lambda h: h["val_top1"])
+        metrics.update(top1_val=chosen["top1"], top5_val=chosen["top5"], val_selected_epoch=chosen["epoch"])
     for key in (k for k in keys if k in last):
         metrics[f"{key}_last"], metrics[f"{key}_best"] = last[key], best[key]
     for which, evaluation in outcome.final.items():  # end-of-run evaluation replaces the per-epoch one
@@ -125,6 +129,12 @@ def _execute(run_dir: Path, spec: dict[str, Any], log: Callable[[str], None]) ->
     splits = source.load()
     regime = regime_registry.get(spec["regime"]["name"])(**spec["regime"]["params"])
     regime_data = regime.apply(splits.train.y.numpy(), splits.num_classes)
+    val = None
+    if spec["eval"].get("val_fraction", 0.0) > 0:
+        regime_data, val_indices = hold_out(regime_data, splits.train.y.numpy(), spec["eval"]["val_fraction"],
+                                            spec["eval"].get("val_seed", 0))
+        index = torch.as_tensor(val_indices, dtype=torch.long)
+        val = TensorData(splits.train.x[index], splits.train.y[index])
     shape = {"num_classes": splits.num_classes, "in_chans": splits.in_chans, "img_size": splits.img_size}
     seed_everything(spec["seed"])
     student = create_network(spec["model"], **shape)
@@ -141,7 +151,7 @@ def _execute(run_dir: Path, spec: dict[str, Any], log: Callable[[str], None]) ->
     recipe = spec["recipe"]
     prefix = f"[{spec['role']} {spec['label']} {spec['regime']['name']} seed {spec['seed']} {run_dir.name}]"
     ts = TrainState(student=student, teacher=teacher, method=method, train=splits.train, regime=regime_data,
-                    test=splits.test, recipe=recipe,
+                    test=splits.test, val=val, recipe=recipe,
                     eval_batch_size=spec["eval"]["batch_size"], seed=spec["seed"], device=device, run_dir=run_dir,
                     log=lambda msg: log(f"{prefix} {msg}"))
     outcome = fit(ts)
@@ -187,7 +197,8 @@ def _execute(run_dir: Path, spec: dict[str, Any], log: Callable[[str], None]) ->
                       + int(outcome.nonfinite_loss)},
         "diagnostics": extras.get("diagnostics", {}),
         "extra_evaluations": extra_evaluations,
-        "data": {"train_size": len(regime_data.indices), "test_size": len(splits.test), "labeled": regime_data.labeled,
+        "data": {"train_size": len(regime_data.indices), "test_size": len(splits.test),
+                 "val_size": len(val) if val is not None else 0, "labeled": regime_data.labeled,
                  "class_counts": regime_data.class_counts, "groups": regime_data.groups,
                  "synthetic": spec["dataset"]["name"] == "synthetic"},
         "cost": cost,

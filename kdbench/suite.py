@@ -102,9 +102,16 @@ class TeacherSettings:
 
 @dataclass(frozen=True)
 class EvalSettings:
-    """Evaluation settings."""
+    """Evaluation settings. ``val_fraction`` > 0 holds out that fraction of each class of the training set
+    (seeded by ``val_seed``) to select an epoch without looking at the test split (``top1_val``)."""
 
     batch_size: int = 512
+    val_fraction: float = 0.0
+    val_seed: int = 0
+
+    def check(self, key: str) -> None:
+        _require(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1")
+        _require(0.0 <= self.val_fraction < 0.5, f"{key}.val_fraction", f"must be in [0, 0.5), got {self.val_fraction}")
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import tiny_suite
 
@@ -167,3 +168,24 @@ def test_gendd_resume_across_its_stages_ends_with_the_same_numbers(tmp_path: Pat
     reference = store.load_result(tmp_path / "whole" / "tiny" / "runs" / run_id)
     assert resumed["metrics"] == reference["metrics"]
     assert resumed["diagnostics"]["target_norm_mean"] == reference["diagnostics"]["target_norm_mean"]
+
+
+def test_val_selected_epoch_uses_a_held_out_split(tmp_path: Path) -> None:
+    from kdbench.data.regimes import RegimeData, hold_out
+
+    labels = np.repeat(np.arange(4), [10, 6, 3, 1])
+    data = RegimeData(np.arange(20), True, [10, 6, 3, 1])
+    train, val = hold_out(data, labels, 0.34, seed=0)
+    assert np.bincount(labels[val], minlength=4).tolist() == [3, 2, 1, 0]  # round(0.34 n), one image always kept
+    assert sorted([*train.indices.tolist(), *val.tolist()]) == list(range(20)) and train.class_counts == [7, 4, 2, 1]
+    again = hold_out(data, labels, 0.34, seed=0)[1]
+    assert again.tobytes() == val.tobytes()
+
+    plan = _plan(methods=[{"name": "vanilla"}], eval={"val_fraction": 0.25})
+    dispatch(plan, tmp_path, DEBUG, progress=False)
+    record = store.load_result(tmp_path / "tiny" / "runs" / next(iter(plan.runs)))
+    assert record["data"]["val_size"] == 24 and record["data"]["train_size"] == 72
+    lines = store.read_jsonl(tmp_path / "tiny" / "runs" / record["run_id"] / store.METRICS)
+    chosen = max(lines, key=lambda h: h["val_top1"])
+    assert record["metrics"]["top1_val"] == chosen["top1"]
+    assert record["metrics"]["val_selected_epoch"] == chosen["epoch"]

@@ -109,3 +109,18 @@ class Unlabeled(Regime):
     def apply(self, labels: np.ndarray, num_classes: int) -> RegimeData:
         indices = np.arange(len(labels))
         return RegimeData(indices, self.labeled, _counts(labels, indices, num_classes))
+
+
+def hold_out(data: RegimeData, labels: np.ndarray, fraction: float, seed: int) -> tuple[RegimeData, np.ndarray]:
+    """Split a regime's indices into training and a held-out validation set: ``round(fraction * n_c)`` images of
+    each class c (seeded; at least one image of every class stays in training). Returns (train part, val indices)."""
+    rng = np.random.default_rng(seed)
+    held = []
+    for c in np.unique(labels[data.indices]):
+        members = data.indices[labels[data.indices] == c]
+        take = min(round(fraction * len(members)), len(members) - 1)
+        held.append(rng.permutation(members)[:take])
+    val = np.sort(np.concatenate(held)) if held else np.array([], dtype=np.int64)
+    train = np.setdiff1d(data.indices, val)
+    counts = np.bincount(labels[train], minlength=len(data.class_counts)).astype(int).tolist()
+    return RegimeData(train, data.labeled, counts, data.groups), val

@@ -122,6 +122,7 @@ class TrainState:
     seed: int
     device: torch.device
     run_dir: Path
+    val: TensorData | None = None
     log: Callable[[str], None] = print
     spikes: SpikeCounter = field(default_factory=SpikeCounter)
 
@@ -196,11 +197,12 @@ def _train_epoch(ts: TrainState, phase: Phase, optimizer: torch.optim.Optimizer,
     return means, None
 
 
-def _eval(ts: TrainState, phase: Phase, final: bool = False) -> Evaluation:
+def _eval(ts: TrainState, phase: Phase, final: bool = False, data: TensorData | None = None) -> Evaluation:
     ts.method.eval()
     predict = (lambda x, out: phase.predict(x, out, final=True)) if final else phase.predict
-    return evaluate(ts.student, predict, ts.test, ts.eval_batch_size, ts.regime.groups, ts.device,
-                    probe=phase.main and ts.method.reports_probe)
+    return evaluate(ts.student, predict, ts.test if data is None else data, ts.eval_batch_size,
+                    ts.regime.groups if data is None else None, ts.device,
+                    probe=phase.main and ts.method.reports_probe and data is None)
 
 
 def _state(ts: TrainState) -> dict[str, Any]:
@@ -246,6 +248,9 @@ def fit(ts: TrainState) -> FitOutcome:
             train_seconds = time.perf_counter() - began
             result = _eval(ts, phase)
             best_so_far = max((h["top1"] for h in history if h["phase"] == "main"), default=-1.0)
+            if ts.val is not None:
+                result_val = _eval(ts, phase, data=ts.val)
+                train_metrics = {**train_metrics, "val_top1": result_val.top1}
             line = {"phase": phase.name, "epoch": epoch + 1, "lr": lr, **train_metrics, **result.as_metrics(),
                     "train_seconds": train_seconds, "eval_seconds": time.perf_counter() - began - train_seconds}
             history.append(line)
