@@ -17,7 +17,7 @@ import torch
 
 from kdbench import store
 from kdbench.data import TensorData, dataset_registry, regime_registry
-from kdbench.data.regimes import hold_out
+from kdbench.data.regimes import RegimeData, hold_out
 from kdbench.engine import (
     FitOutcome,
     TrainState,
@@ -29,7 +29,7 @@ from kdbench.engine import (
 )
 from kdbench.envinfo import environment
 from kdbench.measure import inference_cost, peak_memory_mb
-from kdbench.method import discover_methods
+from kdbench.method import Method, discover_methods
 from kdbench.models import Network, count_parameters, create_network
 
 
@@ -123,37 +123,60 @@ def execute(run_dir: Path, log: Callable[[str], None] = _print) -> dict[str, Any
         return record
 
 
-def _execute(run_dir: Path, spec: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    source = dataset_registry.get(spec["dataset"]["name"])(**spec["dataset"]["params"])
-    splits = source.load()
+def _data(spec: dict[str, Any]) -> tuple[Any, RegimeData, TensorData | None]:
+    """The dataset's splits, the regime's training subset, and the held-out validation split (if asked)."""
+    splits = dataset_registry.get(spec["dataset"]["name"])(**spec["dataset"]["params"]).load()
     regime = regime_registry.get(spec["regime"]["name"])(**spec["regime"]["params"])
     regime_data = regime.apply(splits.train.y.numpy(), splits.num_classes)
-    val = None
-    if spec["eval"].get("val_fraction", 0.0) > 0:
-        regime_data, val_indices = hold_out(regime_data, splits.train.y.numpy(), spec["eval"]["val_fraction"],
-                                            spec["eval"].get("val_seed", 0))
-        index = torch.as_tensor(val_indices, dtype=torch.long)
-        val = TensorData(splits.train.x[index], splits.train.y[index])
+    if spec["eval"].get("val_fraction", 0.0) <= 0:
+        return splits, regime_data, None
+    regime_data, val_indices = hold_out(regime_data, splits.train.y.numpy(), spec["eval"]["val_fraction"],
+                                        spec["eval"].get("val_seed", 0))
+    index = torch.as_tensor(val_indices, dtype=torch.long)
+    return splits, regime_data, TensorData(splits.train.x[index], splits.train.y[index])
+
+
+def _stability(outcome: FitOutcome) -> dict[str, Any]:
+    history = outcome.history
+    return {"diverged_epoch": outcome.diverged_epoch, "diverged_phase": outcome.diverged_phase,
+            "reason": outcome.reason,
+            "grad_norm_max": max((h["grad_norm_max"] for h in history), default=None),
+            "loss_spikes": sum(h.get("loss_spikes", 0) for h in history),
+            "nonfinite_events": sum(h.get("nonfinite_grads", 0) for h in history) + int(outcome.nonfinite_loss)}
+
+
+def _training_cost(spec: dict[str, Any], outcome: FitOutcome, method: Method, student: Network,
+                   teacher: Network | None, regime_data: RegimeData) -> dict[str, Any]:
+    recipe = spec["recipe"]
+    epoch_seconds = [h["train_seconds"] for h in outcome.history if h.get("phase", "main") == "main"]
+    per_epoch = sum(epoch_seconds) / len(epoch_seconds) if epoch_seconds else None
+    stage_epochs = {p.name: p.recipe["epochs"] for p in phases_of(method, recipe, regime_data.labeled)
+                    if not p.main}
+    return {"train_seconds": sum(h["train_seconds"] for h in outcome.history), "seconds_per_epoch": per_epoch,
+            "train_step_ms": None if per_epoch is None
+            else 1000 * per_epoch / steps_per_epoch(len(regime_data.indices), recipe["batch_size"]),
+            "params": count_parameters(student), "extra_params": count_parameters(method),
+            "teacher_params": count_parameters(teacher) if teacher is not None else None,
+            "epochs": spec["epochs"], "extra_epochs": stage_epochs,
+            "total_epochs": spec["epochs"] + sum(stage_epochs.values())}
+
+
+def _execute(run_dir: Path, spec: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    splits, regime_data, val = _data(spec)
     shape = {"num_classes": splits.num_classes, "in_chans": splits.in_chans, "img_size": splits.img_size}
     seed_everything(spec["seed"])
     student = create_network(spec["model"], **shape)
-    teacher = None
-    if spec.get("teacher_id"):
-        teacher = load_teacher(run_dir, spec, **shape)
-    method_cls = discover_methods().get(spec["method"])
-    method = method_cls(student, teacher, num_classes=splits.num_classes, **spec["method_params"])
-    student.to(device)
-    method.to(device)
-    if teacher is not None:
-        teacher.to(device)
-
-    recipe = spec["recipe"]
+    teacher = load_teacher(run_dir, spec, **shape) if spec.get("teacher_id") else None
+    method = discover_methods().get(spec["method"])(student, teacher, num_classes=splits.num_classes,
+                                                     **spec["method_params"])
+    for module in (student, method, teacher):
+        if module is not None:
+            module.to(device)
     prefix = f"[{spec['role']} {spec['label']} {spec['regime']['name']} seed {spec['seed']} {run_dir.name}]"
     ts = TrainState(student=student, teacher=teacher, method=method, train=splits.train, regime=regime_data,
-                    test=splits.test, val=val, recipe=recipe,
-                    eval_batch_size=spec["eval"]["batch_size"], seed=spec["seed"], device=device, run_dir=run_dir,
-                    log=lambda msg: log(f"{prefix} {msg}"))
+                    test=splits.test, val=val, recipe=spec["recipe"], eval_batch_size=spec["eval"]["batch_size"],
+                    seed=spec["seed"], device=device, run_dir=run_dir, log=lambda msg: log(f"{prefix} {msg}"))
     outcome = fit(ts)
 
     artifacts = {}
@@ -161,24 +184,13 @@ def _execute(run_dir: Path, spec: dict[str, Any], log: Callable[[str], None]) ->
         weights = run_dir / store.WEIGHTS
         save_checkpoint(weights, {k: v.cpu() for k, v in student.state_dict().items()})
         artifacts = {"weights": store.WEIGHTS, "weights_sha256": sha256_file(weights)}
-    epoch_seconds = [h["train_seconds"] for h in outcome.history if h.get("phase", "main") == "main"]
-    stage_epochs = {p.name: p.recipe["epochs"] for p in phases_of(method, recipe, regime_data.labeled)
-                    if not p.main}
-    cost = {"train_seconds": sum(h["train_seconds"] for h in outcome.history),
-            "seconds_per_epoch": sum(epoch_seconds) / len(epoch_seconds) if epoch_seconds else None,
-            "train_step_ms": 1000 * sum(epoch_seconds) / len(epoch_seconds)
-            / steps_per_epoch(len(regime_data.indices), recipe["batch_size"]) if epoch_seconds else None,
-            "params": count_parameters(student), "extra_params": count_parameters(method),
-            "teacher_params": count_parameters(teacher) if teacher is not None else None,
-            "epochs": spec["epochs"], "extra_epochs": stage_epochs,
-            "total_epochs": spec["epochs"] + sum(stage_epochs.values())}
+    cost = _training_cost(spec, outcome, method, student, teacher, regime_data)
+    extra_evaluations = {}
     if outcome.state == "done":
         example = splits.test.x[: spec["eval"]["batch_size"]].to(device)
         method.eval()
         cost.update(inference_cost(student, lambda x, out: method.predict(x, out, final=True), example,
                                    batch_sizes=(1, len(example))))
-    extra_evaluations = {}
-    if outcome.extra:
         predictors = method.extra_evaluations()
         for name, evaluation in outcome.extra.items():
             timing = inference_cost(student, predictors[name], example, batch_sizes=(1,))
@@ -189,12 +201,7 @@ def _execute(run_dir: Path, spec: dict[str, Any], log: Callable[[str], None]) ->
     return {
         "state": outcome.state,
         "metrics": _metrics(outcome, regime_data.groups),
-        "stability": {"diverged_epoch": outcome.diverged_epoch, "diverged_phase": outcome.diverged_phase,
-                      "reason": outcome.reason,
-                      "grad_norm_max": max((h["grad_norm_max"] for h in outcome.history), default=None),
-                      "loss_spikes": sum(h.get("loss_spikes", 0) for h in outcome.history),
-                      "nonfinite_events": sum(h.get("nonfinite_grads", 0) for h in outcome.history)
-                      + int(outcome.nonfinite_loss)},
+        "stability": _stability(outcome),
         "diagnostics": extras.get("diagnostics", {}),
         "extra_evaluations": extra_evaluations,
         "data": {"train_size": len(regime_data.indices), "test_size": len(splits.test),
