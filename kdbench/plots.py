@@ -4,6 +4,8 @@ and GenDD ablation curves (top-1 and latency vs sampling steps, token size, smoo
 from __future__ import annotations
 
 import re
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
@@ -133,6 +135,14 @@ def gendd_parameter_curve(frame: pd.DataFrame, parameter: str, path: Path) -> Pa
     runs = frame[(frame["method"] == "gendd") & (frame["state"] == "done")]
     if column not in runs or runs[column].nunique() < 2:
         return None
+    # one factor at a time: keep the runs whose other settings agree, choosing the set that varies it most
+    others = [c for c in runs.columns if (c.startswith("param_") and c != column) or c == "epochs"]
+    key = runs[others].apply(lambda row: "|".join(map(str, row)), axis=1) if others \
+        else pd.Series("", index=runs.index)
+    best = max(key.unique(), key=lambda k: runs.loc[key == k, column].nunique())
+    runs = runs[key == best]
+    if runs[column].nunique() < 2:
+        return None
     grouped = runs.groupby(column).agg(top1=("top1_last", "mean"), sd=("top1_last", "std"),
                                        ms=("predict_ms_per_img_b1", "median"), n=("top1_last", "size"))
     fig, ax = plt.subplots(figsize=(5, 3.6))
@@ -142,7 +152,7 @@ def gendd_parameter_curve(frame: pd.DataFrame, parameter: str, path: Path) -> Pa
     twin = ax.twinx()
     twin.plot(grouped.index, grouped["ms"], "s--", color="tab:red")
     twin.set_ylabel("ms/img b1", color="tab:red")
-    ax.set_title(f"GenDD: top-1 and latency vs {parameter} (all GenDD runs that differ in it)", fontsize=8)
+    ax.set_title(f"GenDD: top-1 and latency vs {parameter} (other settings equal)", fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
@@ -154,11 +164,18 @@ def write_plots(records: object, out: Path) -> list[Path]:
     if frame.empty or "role" not in frame:
         return []
     students = frame[frame["role"] == "student"]
+    jobs: list[tuple[Callable[..., Path | None], tuple]] = []
     for key, cell in students.groupby(CELL, dropna=False, sort=True):
         title = " · ".join(str(k) for k in key[:2]) + f" · {key[2]} -> {key[3]}"
-        written.append(accuracy_vs_latency(cell, title, out / "plots" / f"accuracy_vs_latency_{_slug(*key)}.png"))
-        written.append(learning_curves(cell, title, out / "plots" / f"learning_curves_{_slug(*key)}.png"))
-    written.append(gendd_sampler_curves(students, out / "plots" / "gendd_sampling_steps.png"))
+        jobs.append((accuracy_vs_latency, (cell, title, out / "plots" / f"accuracy_vs_latency_{_slug(*key)}.png")))
+        jobs.append((learning_curves, (cell, title, out / "plots" / f"learning_curves_{_slug(*key)}.png")))
+    jobs.append((gendd_sampler_curves, (students, out / "plots" / "gendd_sampling_steps.png")))
     for parameter in ("token_dim", "smooth", "sample_steps"):
-        written.append(gendd_parameter_curve(students, parameter, out / "plots" / f"gendd_{parameter}.png"))
+        jobs.append((gendd_parameter_curve, (students, parameter, out / "plots" / f"gendd_{parameter}.png")))
+    for plot, args in jobs:
+        try:
+            written.append(plot(*args))
+        except Exception as err:  # a plot that cannot be drawn is reported, never fatal to the report
+            plt.close("all")
+            print(f"warning: plot {plot.__name__} failed: {type(err).__name__}: {err}", file=sys.stderr)
     return [p for p in written if p is not None]

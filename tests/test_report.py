@@ -121,3 +121,17 @@ def test_formats(results: Path, tmp_path: Path) -> None:
 
 def test_empty_folder_reports_nothing_found(tmp_path: Path) -> None:
     assert "no finished student runs found" in render(load_records(tmp_path))
+
+
+def test_a_failing_plot_is_reported_not_fatal(results: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    from kdbench import plots
+
+    def broken(*args, **kwargs):
+        raise ValueError("cannot draw")
+
+    monkeypatch.setattr(plots, "gendd_sampler_curves", broken)
+    from kdbench.report import write_outputs
+
+    written = write_outputs(load_records(results), tmp_path / "out")
+    assert (tmp_path / "out" / "report.html") in written
+    assert "plot broken failed: ValueError: cannot draw" in capsys.readouterr().err
