@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from kdbench import store
 from kdbench.suite import SuiteError
@@ -21,6 +22,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         overrides.append(f"executor.name={args.executor}")
     if args.workers is not None:
         overrides.append(f"executor.workers={args.workers}")
+    if args.no_wait:
+        overrides.append("executor.wait=false")
     suite = load_suite(args.suite, overrides)
     plan = expand(suite)
     print(f"suite '{suite.name}' ({suite.source}): {len(plan.teachers)} teacher job(s), {len(plan.runs)} run(s), "
@@ -29,7 +32,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"  {note}", flush=True)
     summary = dispatch(plan, Path(args.results), suite.executor, progress=not args.quiet)
     counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.counts().items())) or "nothing to run"
-    print(f"finished: {counts}; {summary.skipped} already finished and skipped", flush=True)
+    submitted = ""
+    if suite.executor.name == "slurm":
+        submitted = f"; {summary.submitted} submitted, {summary.attached} attached to queued jobs"
+    print(f"finished: {counts}; {summary.skipped} already finished and skipped{submitted}", flush=True)
     return 1 if summary.counts().get("failed") else 0
 
 
@@ -40,6 +46,8 @@ def _suite_dirs(root: Path) -> list[Path]:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    from kdbench import slurm
+
     root = Path(args.dir)
     folders = _suite_dirs(root)
     if not folders:
@@ -47,24 +55,42 @@ def _cmd_status(args: argparse.Namespace) -> int:
         return 2
     for folder in folders:
         expected = store.read_json(folder / store.SUITE)
+        run_dirs = [folder / kind / run_id for kind in ("teachers", "runs") for run_id in expected.get(kind, [])]
+        jobs = {path: slurm.job_of(ref) for path in run_dirs
+                if not (path / store.RESULT).exists() and (ref := slurm.read_job_ref(path))}
+        if jobs:  # one sacct call for all of them
+            next(iter(jobs.values())).done(force_check=True)
         counts: dict[str, int] = {}
-        failed = []
-        for kind in ("teachers", "runs"):
-            for run_id in expected.get(kind, []):
-                run_dir = folder / kind / run_id
-                state = _run_state(run_dir)
-                counts[state] = counts.get(state, 0) + 1
-                if state == "failed":
-                    failed.append((run_id, (store.load_result(run_dir) or {}).get("error", "")))
+        lines = []
+        for run_dir in run_dirs:
+            state = _run_state(run_dir, jobs.get(run_dir))
+            counts[state] = counts.get(state, 0) + 1
+            if state in ("queued", "running") and run_dir in jobs:
+                lines.append(f"  {state:8} {run_dir.name}: job {jobs[run_dir].job_id} "
+                             f"({slurm.slurm_state(jobs[run_dir])})")
+            elif state == "failed":
+                record = store.load_result(run_dir) or {}
+                job = record.get("job") or {}
+                where = f" job {job.get('job_id')} ({job.get('state')})" if job.get("job_id") else ""
+                lines.append(f"  failed   {run_dir.name}:{where} {record.get('error', '')}")
+                tail = [line for line in (record.get("log_tail") or "").splitlines() if line.strip()][-5:]
+                lines.extend(f"           | {line}" for line in tail)
+            elif state == "lost":
+                job = jobs[run_dir]
+                lines.append(f"  lost     {run_dir.name}: job {job.job_id} ended "
+                             f"({slurm.slurm_state(job)}) without a record; `kdbench run` again resumes it")
         total = sum(counts.values())
         print(f"{folder.name}: {total} jobs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
-        for run_id, error in failed:
-            print(f"  failed {run_id}: {error}")
+        for line in lines:
+            print(line)
     return 0
 
 
-def _run_state(run_dir: Path) -> str:
-    """done | diverged | failed | running | interrupted (checkpoint, no record) | pending."""
+def _run_state(run_dir: Path, job: Any = None) -> str:
+    """done | diverged | failed | running | queued (SLURM job waiting) | lost (job ended, no record) |
+    interrupted (checkpoint, no record, no job) | pending."""
+    from kdbench import slurm
+
     try:
         record = store.load_result(run_dir)
     except (OSError, ValueError):
@@ -73,6 +99,10 @@ def _run_state(run_dir: Path) -> str:
         return str(record.get("state"))
     if store.is_locked(run_dir):
         return "running"
+    if job is not None:
+        if slurm.is_active(job):
+            return "running" if slurm.slurm_state(job) == "RUNNING" else "queued"
+        return "lost"
     return "interrupted" if (run_dir / store.CHECKPOINT).exists() else "pending"
 
 
@@ -122,8 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. train.epochs=5 seeds=[0]")
     run.add_argument("--results", default=os.environ.get("KDBENCH_RESULTS", "results"),
                      help="results root (default: results/)")
-    run.add_argument("--executor", choices=["local", "debug"], help="override the suite's executor")
+    run.add_argument("--executor", choices=["local", "debug", "slurm"], help="override the suite's executor")
     run.add_argument("--workers", type=int, help="parallel local jobs (default: the suite's, else the cores)")
+    run.add_argument("--no-wait", action="store_true",
+                     help="slurm: submit and return; collect later with `python -m kdbench status DIR`")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(func=_cmd_run)
 

@@ -3,7 +3,9 @@
 Each job is a :class:`RunTask` over a run directory, so output paths come from run ids, never job ids, and
 re-dispatching a suite only runs what has no finished record. ``local`` runs ``workers`` processes at once
 (submitit's local executor starts every job it is given, so concurrency is limited here); ``debug`` runs
-each job in this process.
+each job in this process; ``slurm`` submits the teachers as one job array and each teacher's students as an
+array that depends on it (``afterok``; none when the teacher finished earlier), attaching to jobs an earlier
+submission left queued instead of submitting them twice.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 import submitit
 from tqdm import tqdm
 
-from kdbench import store
+from kdbench import slurm, store
 from kdbench.suite import ExecutorSettings, Plan
 
 
@@ -37,7 +39,13 @@ class RunTask(submitit.helpers.Checkpointable):
 
         torch.set_num_threads(self.threads)
         record = execute(Path(self.run_dir))
+        if record["state"] == "failed":  # the job fails too, so SLURM cancels runs that depend on it
+            raise RunFailedError(f"run {record['run_id']} failed: {record.get('error', '')}")
         return {"run_id": record["run_id"], "state": record["state"]}
+
+
+class RunFailedError(RuntimeError):
+    """A run ended with a ``failed`` record (its record holds the traceback)."""
 
 
 def suite_dir(results_root: Path, plan: Plan) -> Path:
@@ -67,40 +75,39 @@ def prepare(plan: Plan, results_root: Path) -> Path:
 
 @dataclass
 class DispatchSummary:
-    """What a dispatch did: runs skipped because finished, and the final state of each run it started."""
+    """What a dispatch did: runs skipped because finished, the final state of each run it saw end, and the
+    SLURM jobs it left queued (``wait: false``, or its watch bound ran out)."""
 
     skipped: int = 0
     states: dict[str, str] = field(default_factory=dict)
+    submitted: int = 0
+    attached: int = 0
+    queued: dict[str, str] = field(default_factory=dict)  # run id -> job id
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for state in self.states.values():
             out[state] = out.get(state, 0) + 1
+        if self.queued:
+            out["queued"] = len(self.queued)
         return out
 
 
 def make_executor(settings: ExecutorSettings, folder: Path) -> submitit.AutoExecutor:
-    """A submitit executor for the suite's settings (cluster always named explicitly)."""
+    """A submitit executor for the local and debug executors (cluster always named explicitly)."""
     executor = submitit.AutoExecutor(folder=str(folder), cluster=settings.name)
     executor.update_parameters(timeout_min=int(settings.timeout_min))
     return executor
 
 
-def _failed_record(run_dir: Path, reason: str, log_tail: str = "") -> None:
+def _failed_record(run_dir: Path, reason: str, log_tail: str = "", job: dict[str, Any] | None = None) -> None:
     from kdbench.envinfo import environment
 
     spec = store.read_json(run_dir / store.SPEC)
     store.atomic_write_json(run_dir / store.RESULT, {
         "schema": store.SCHEMA, "run_id": run_dir.name, "spec": spec, "state": "failed", "error": reason,
-        "log_tail": log_tail[-4000:], "metrics": {}, "cost": {}, "env": environment("cpu"),
+        "log_tail": log_tail[-4000:], "job": job or {}, "metrics": {}, "cost": {}, "env": environment("cpu"),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-
-
-def _job_log_tail(job: submitit.Job) -> str:
-    try:
-        return "\n".join(((job.stderr() or "") + (job.stdout() or "")).splitlines()[-30:])
-    except Exception:  # logs are a courtesy: a missing file must not hide the real failure
-        return ""
 
 
 def _describe(record: dict[str, Any] | None) -> str:
@@ -114,8 +121,47 @@ def _describe(record: dict[str, Any] | None) -> str:
     return f"{record.get('state', '?'):8} {what}  {score}"
 
 
+class _Collector:
+    """Turns ended jobs into records: the run's own ``result.json``, or a ``failed`` one naming why, the job
+    id, its SLURM state and the last lines of its log. Keeps the progress bar and the summary."""
+
+    def __init__(self, plan: Plan, dirs: dict[str, Path], summary: DispatchSummary, total: int, progress: bool):
+        self.plan, self.dirs, self.summary = plan, dirs, summary
+        self.bar = tqdm(total=total, desc=plan.suite.name, unit="run", disable=not progress, dynamic_ncols=True)
+
+    def teacher_problem(self, run_id: str) -> str | None:
+        """Why a student cannot run: its teacher has no ``done`` record (None when it has one, or needs none)."""
+        teacher_id = self.plan.runs.get(run_id, {}).get("teacher_id")
+        if not teacher_id:
+            return None
+        state = (store.load_result(self.dirs[teacher_id]) or {}).get("state")
+        return None if state == "done" else f"teacher {teacher_id} ended in state '{state}'"
+
+    def finish(self, run_id: str, job: submitit.Job | None, reason: str | None = None) -> None:
+        run_dir = self.dirs[run_id]
+        record = store.load_result(run_dir) if (run_dir / store.RESULT).exists() else None
+        if reason or record is None:
+            job_info = {}
+            if job is not None:
+                job_info = {"job_id": str(job.job_id), "state": slurm.slurm_state(job)}
+            detail = reason or self.teacher_problem(run_id) or \
+                f"job {job.job_id if job else '?'} ended without a record: {slurm.job_error(job)}"
+            _failed_record(run_dir, detail, slurm.log_tail(job) if job else "", job_info)
+            record = store.load_result(run_dir)
+        self.summary.states[run_id] = record["state"]
+        self.bar.update(1)
+        self.bar.write(_describe(record))
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def dispatch(plan: Plan, results_root: Path, settings: ExecutorSettings, progress: bool = True) -> DispatchSummary:
-    """Run every unfinished teacher job and student run of ``plan``; students start once their teacher is done."""
+    """Run every unfinished teacher job and student run of ``plan``; students start once their teacher is done.
+
+    ``local``/``debug`` run here and return when all ended; ``slurm`` submits job arrays and (with ``wait``)
+    watches them until they end or ``max_wait_hours`` passes.
+    """
     root = prepare(plan, results_root)
     dirs = run_dirs(root, plan)
     summary = DispatchSummary()
@@ -125,22 +171,23 @@ def dispatch(plan: Plan, results_root: Path, settings: ExecutorSettings, progres
             summary.skipped += 1
         else:
             queue.append(run_id)
+    collector = _Collector(plan, dirs, summary, len(queue), progress)
+    try:
+        if settings.name == "slurm":
+            _dispatch_slurm(plan, root, settings, queue, collector)
+        else:
+            _dispatch_local(plan, root, settings, queue, collector)
+    finally:
+        collector.close()
+    return summary
+
+
+def _dispatch_local(plan: Plan, root: Path, settings: ExecutorSettings, queue: list[str],
+                    collector: _Collector) -> None:
     workers = 1 if settings.name == "debug" else (settings.workers or os.cpu_count() or 1)
     executor = make_executor(settings, root / ".submitit")
     watchdog_s = settings.timeout_min * 60 + 300
     running: dict[str, tuple[submitit.Job, float]] = {}
-    bar = tqdm(total=len(queue), desc=f"{plan.suite.name}", unit="run", disable=not progress, dynamic_ncols=True)
-
-    def finish(run_id: str, job: submitit.Job | None, reason: str | None = None) -> None:
-        record = store.load_result(dirs[run_id]) if (dirs[run_id] / store.RESULT).exists() else None
-        if reason or record is None:
-            detail = reason or f"job {job.job_id if job else '?'} ended without a record: {_job_error(job)}"
-            _failed_record(dirs[run_id], detail, _job_log_tail(job) if job else "")
-            record = store.load_result(dirs[run_id])
-        summary.states[run_id] = record["state"]
-        bar.update(1)
-        bar.write(_describe(record))
-
     try:
         while queue or running:
             progressed = False
@@ -151,14 +198,14 @@ def dispatch(plan: Plan, results_root: Path, settings: ExecutorSettings, progres
                 if teacher_id:
                     if teacher_id in queue or teacher_id in running:
                         continue
-                    teacher_state = (store.load_result(dirs[teacher_id]) or {}).get("state")
-                    if teacher_state != "done":
+                    problem = collector.teacher_problem(run_id)
+                    if problem:
                         queue.remove(run_id)
-                        finish(run_id, None, f"teacher {teacher_id} ended in state '{teacher_state}'")
+                        collector.finish(run_id, None, problem)
                         progressed = True
                         continue
                 queue.remove(run_id)
-                job = executor.submit(RunTask(str(dirs[run_id]), settings.threads_per_worker))
+                job = executor.submit(RunTask(str(collector.dirs[run_id]), settings.threads_per_worker))
                 running[run_id] = (job, time.monotonic())
                 progressed = True
                 if settings.name == "debug":
@@ -166,33 +213,90 @@ def dispatch(plan: Plan, results_root: Path, settings: ExecutorSettings, progres
             for run_id, (job, started) in list(running.items()):
                 if job.done():
                     del running[run_id]
-                    finish(run_id, job)
+                    collector.finish(run_id, job)
                     progressed = True
                 elif time.monotonic() - started > watchdog_s:
                     job.cancel(check=False)
                     del running[run_id]
-                    finish(run_id, job, f"job {job.job_id} exceeded {watchdog_s}s and was cancelled")
+                    collector.finish(run_id, job, f"job {job.job_id} exceeded {watchdog_s}s and was cancelled")
                     progressed = True
             if not progressed:
                 time.sleep(0.25)
     finally:
-        bar.close()
         for job, _ in running.values():  # interrupted (Ctrl-C): stop what we started; checkpoints stay
             job.cancel(check=False)
-    return summary
+
+
+def _submit_array(settings: ExecutorSettings, root: Path, kind: str, run_ids: list[str], dirs: dict[str, Path],
+                  dependency: str | None = None) -> dict[str, submitit.Job]:
+    """Submit ``run_ids`` as one job array and remember each run's job id in its folder."""
+    if not run_ids:
+        return {}
+    folder = root / ".submitit"
+    executor = slurm.slurm_executor(settings, folder, kind, dependency, job_name=f"kdb-{root.name}")
+    threads = settings.for_kind(kind).cpus_per_task
+    with executor.batch():
+        jobs = [executor.submit(RunTask(str(dirs[run_id]), threads)) for run_id in run_ids]
+    for run_id, job in zip(run_ids, jobs, strict=True):
+        slurm.write_job_ref(dirs[run_id], job, "slurm", folder)
+    return dict(zip(run_ids, jobs, strict=True))
+
+
+def _dispatch_slurm(plan: Plan, root: Path, settings: ExecutorSettings, queue: list[str],
+                    collector: _Collector) -> None:
+    dirs, summary = collector.dirs, collector.summary
+    jobs = slurm.active_jobs({run_id: dirs[run_id] for run_id in queue})  # still queued from a former submission
+    summary.attached = len(jobs)
+    fresh = _submit_array(settings, root, "teacher", [t for t in plan.teachers if t in queue and t not in jobs],
+                          dirs)
+    jobs.update(fresh)
+    by_teacher: dict[str | None, list[str]] = {}
+    for run_id in plan.runs:
+        if run_id in queue and run_id not in jobs:
+            by_teacher.setdefault(plan.runs[run_id].get("teacher_id"), []).append(run_id)
+    students: dict[str, submitit.Job] = {}
+    for teacher_id, run_ids in by_teacher.items():
+        dependency = None
+        if teacher_id in jobs:
+            dependency = f"afterok:{jobs[teacher_id].job_id}"
+        elif teacher_id is not None and (problem := collector.teacher_problem(run_ids[0])):
+            for run_id in run_ids:
+                collector.finish(run_id, None, problem)
+            continue
+        students.update(_submit_array(settings, root, "student", run_ids, dirs, dependency))
+    jobs.update(students)
+    summary.submitted = len(fresh) + len(students)
+    arrays = sorted({str(job.job_id).split("_")[0] for job in [*fresh.values(), *students.values()]})
+    collector.bar.write(f"slurm: submitted {summary.submitted} job(s) (arrays {', '.join(arrays) or '-'}), "
+                        f"attached to {summary.attached} still queued")
+    if settings.wait:
+        _watch(jobs, settings, collector)
+    summary.queued = {run_id: str(job.job_id) for run_id, job in jobs.items()}
+    if summary.queued:
+        collector.bar.write(f"slurm: {len(summary.queued)} job(s) still queued or running; "
+                            f"collect later with: python -m kdbench status {root}")
+
+
+def _watch(jobs: dict[str, submitit.Job], settings: ExecutorSettings, collector: _Collector) -> None:
+    """Collect jobs as they end, polling sacct every ``poll_s``; gives up watching after ``max_wait_hours``
+    (the jobs keep running on the cluster). Ctrl-C stops watching, never the jobs."""
+    deadline = time.monotonic() + settings.max_wait_hours * 3600
+    last_poll = float("-inf")
+    try:
+        while jobs and time.monotonic() < deadline:
+            if time.monotonic() - last_poll >= settings.poll_s:
+                next(iter(jobs.values())).done(force_check=True)  # one sacct call refreshes every job's state
+                last_poll = time.monotonic()
+            for run_id, job in list(jobs.items()):
+                if job.done():
+                    del jobs[run_id]
+                    collector.finish(run_id, job)
+            time.sleep(min(settings.poll_s, 1.0))
+    except KeyboardInterrupt:
+        collector.bar.write("interrupted: the submitted jobs keep running on the cluster")
 
 
 def _wait_debug(job: submitit.Job) -> None:
     # a failure is recorded by finish() from the run's own failed record or the job's exception
     with contextlib.suppress(Exception):
         job.result()
-
-
-def _job_error(job: submitit.Job | None) -> str:
-    if job is None:
-        return "not started"
-    try:
-        error = job.exception()
-    except Exception as err:  # submitit raises when the job vanished without a result pickle
-        return f"{type(err).__name__}: {err}"
-    return f"{type(error).__name__}: {error}" if error else f"state {job.state}"

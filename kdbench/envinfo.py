@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import socket
 import subprocess
@@ -51,5 +52,14 @@ def environment(device: torch.device | str = "cpu") -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "hostname": socket.gethostname(),
         "platform": platform.platform(),
+        "slurm_job_id": slurm_job_id(),
         **git_identity(),
     }
+
+
+def slurm_job_id() -> str | None:
+    """The SLURM job running this process (``<array>_<task>`` for an array element), or None outside SLURM."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array and task:
+        return f"{array}_{task}"
+    return os.environ.get("SLURM_JOB_ID")

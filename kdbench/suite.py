@@ -114,21 +114,72 @@ class EvalSettings:
         _require(0.0 <= self.val_fraction < 0.5, f"{key}.val_fraction", f"must be in [0, 0.5), got {self.val_fraction}")
 
 
+EXECUTORS = ("debug", "local", "slurm")
+SLURM_RESOURCE_KEYS = ("partition", "account", "qos", "constraint", "gpus_per_run", "cpus_per_task", "mem_gb",
+                       "timeout_min", "array_parallelism", "max_requeues", "signal_delay_s", "sbatch")
+
+
 @dataclass(frozen=True)
 class ExecutorSettings:
-    """Where runs execute: ``local`` (one process per run, ``workers`` at once) or ``debug`` (in-process)."""
+    """Where runs execute: ``local`` (one process per run, ``workers`` at once), ``debug`` (in-process) or
+    ``slurm`` (sbatch job arrays through submitit; teachers first, students depend on their teacher's job).
+
+    The SLURM keys (partition ... sbatch) are the per-suite defaults; ``teacher:`` overrides any of them for
+    teacher jobs (e.g. more GPUs, a longer time limit). ``sbatch`` passes extra ``#SBATCH`` options verbatim
+    (``{exclusive: true, reservation: kd}``). ``max_requeues`` bounds how often a timed-out or preempted run is
+    requeued before it is recorded as failed; ``signal_delay_s`` is how long before its time limit a job is told
+    to stop (it then resumes from its last epoch checkpoint in the requeued job). With ``wait: false`` a SLURM
+    submission returns at once; ``python -m kdbench status DIR`` collects later. ``max_wait_hours`` bounds how
+    long a waiting submission watches the queue (jobs keep running after it gives up watching).
+    """
 
     name: str = "local"
     workers: int = 0
     threads_per_worker: int = 1
     timeout_min: int = 60
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    gpus_per_run: int = 0
+    cpus_per_task: int = 1
+    mem_gb: float | None = None
+    array_parallelism: int = 256
+    max_requeues: int = 3
+    signal_delay_s: int = 120
+    sbatch: dict[str, Any] = field(default_factory=dict)
+    teacher: dict[str, Any] = field(default_factory=dict)
+    wait: bool = True
+    max_wait_hours: float = 72.0
+    poll_s: float = 5.0
 
     def check(self, key: str) -> None:
-        _require(self.name in ("local", "debug"), f"{key}.name",
-                 f"unknown executor '{self.name}' (known: debug, local)")
+        _require(self.name in EXECUTORS, f"{key}.name",
+                 f"unknown executor '{self.name}' (known: {', '.join(EXECUTORS)})")
         _require(self.workers >= 0, f"{key}.workers", f"must be >= 0, got {self.workers}")
         _require(self.threads_per_worker >= 1, f"{key}.threads_per_worker", "must be >= 1")
         _require(self.timeout_min >= 1, f"{key}.timeout_min", "must be >= 1")
+        _require(self.gpus_per_run >= 0, f"{key}.gpus_per_run", "must be >= 0")
+        _require(self.cpus_per_task >= 1, f"{key}.cpus_per_task", "must be >= 1")
+        _require(self.mem_gb is None or self.mem_gb > 0, f"{key}.mem_gb", "must be > 0")
+        _require(self.array_parallelism >= 1, f"{key}.array_parallelism", "must be >= 1")
+        _require(self.max_requeues >= 0, f"{key}.max_requeues", "must be >= 0")
+        _require(self.signal_delay_s >= 0, f"{key}.signal_delay_s", "must be >= 0")
+        _require(self.max_wait_hours > 0, f"{key}.max_wait_hours", "must be > 0")
+        _require(self.poll_s > 0, f"{key}.poll_s", "must be > 0")
+        for name in self.teacher:
+            _require(name in SLURM_RESOURCE_KEYS, f"{key}.teacher.{name}",
+                     f"unknown key '{name}' (teacher jobs may override: {', '.join(SLURM_RESOURCE_KEYS)})")
+        if self.teacher:
+            self.for_kind("teacher").check(key)
+
+    def for_kind(self, kind: str) -> ExecutorSettings:
+        """The settings a ``teacher`` or ``student`` job is submitted with (teacher overrides applied)."""
+        if kind != "teacher" or not self.teacher:
+            return self
+        overrides = {name: coerce(value, typing.get_type_hints(ExecutorSettings)[name], f"executor.teacher.{name}")
+                     for name, value in self.teacher.items()}
+        return dataclasses.replace(self, teacher={}, **overrides)
 
 
 @dataclass(frozen=True)

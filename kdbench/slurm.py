@@ -1,0 +1,121 @@
+"""SLURM jobs of a suite: submitting job arrays through submitit, remembering job ids per run, reading states.
+
+Each run directory that was submitted holds ``job.json`` (cluster, job id, submitit folder, time), written
+atomically at submission. That file is how a later ``kdbench run`` attaches to jobs still queued instead of
+submitting them twice, and how ``kdbench status`` shows job ids, SLURM states and log tails without the process
+that submitted them.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from kdbench import store
+from kdbench.suite import ExecutorSettings
+
+JOB = "job.json"
+
+ACTIVE_STATES = frozenset({"PENDING", "RUNNING", "REQUEUED", "COMPLETING", "CONFIGURING", "PREEMPTED",
+                           "SUSPENDED", "RESIZING", "REQUEUE_HOLD", "REQUEUE_FED", "STAGE_OUT", "SIGNALING",
+                           "READY", "UNKNOWN"})
+"""States of a job that may still run (UNKNOWN: sacct did not answer yet, e.g. right after submission)."""
+
+
+def slurm_executor(settings: ExecutorSettings, folder: Path, kind: str, dependency: str | None = None,
+                   job_name: str = "kdbench") -> submitit.SlurmExecutor:
+    """A submitit SLURM executor for ``kind`` (``teacher`` or ``student``) jobs, with the suite's resources."""
+    resources = settings.for_kind(kind)
+    executor = submitit.SlurmExecutor(folder=str(folder), max_num_timeout=resources.max_requeues)
+    params: dict[str, Any] = {
+        "job_name": f"{job_name}-{kind}",
+        "time": int(resources.timeout_min),
+        "cpus_per_task": resources.cpus_per_task,
+        "array_parallelism": resources.array_parallelism,
+        "signal_delay_s": resources.signal_delay_s,
+        "stderr_to_stdout": False,
+        "additional_parameters": dict(resources.sbatch),
+    }
+    optional = {"partition": resources.partition, "account": resources.account, "qos": resources.qos,
+                "constraint": resources.constraint, "gpus_per_node": resources.gpus_per_run or None,
+                "mem": f"{int(resources.mem_gb * 1024)}MB" if resources.mem_gb else None}
+    params.update({k: v for k, v in optional.items() if v is not None})
+    if dependency:
+        params["dependency"] = dependency
+        # a dependency that can never be met (teacher failed) cancels the dependant instead of leaving it pending
+        params["additional_parameters"].setdefault("kill_on_invalid_dep", "yes")
+    executor.update_parameters(**params)
+    return executor
+
+
+def write_job_ref(run_dir: Path, job: submitit.Job, cluster: str, folder: Path) -> None:
+    """Remember which job runs ``run_dir`` (atomically)."""
+    store.atomic_write_json(Path(run_dir) / JOB, {"cluster": cluster, "job_id": str(job.job_id),
+                                                  "folder": str(folder),
+                                                  "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+
+def read_job_ref(run_dir: Path) -> dict[str, Any] | None:
+    """The run's ``job.json``, or None when it was never submitted to a cluster (or the file is unreadable)."""
+    try:
+        return store.read_json(Path(run_dir) / JOB)
+    except (OSError, ValueError):
+        return None
+
+
+def job_of(ref: dict[str, Any]) -> submitit.Job:
+    """A submitit job handle from a ``job.json`` record."""
+    cls = submitit.SlurmJob if ref.get("cluster") == "slurm" else submitit.LocalJob
+    return cls(folder=ref["folder"], job_id=ref["job_id"])
+
+
+def slurm_state(job: submitit.Job, force: bool = False) -> str:
+    """The job's SLURM state as one word (``CANCELLED by 0`` -> ``CANCELLED``); refreshes sacct if ``force``."""
+    if force:
+        job.done(force_check=True)
+    state = job.state or "UNKNOWN"
+    return state.split()[0].upper()
+
+
+def is_active(job: submitit.Job) -> bool:
+    """True while the job may still run (queued, running, being requeued)."""
+    if job.paths.result_pickle.exists():
+        return False
+    return slurm_state(job, force=True) in ACTIVE_STATES
+
+
+def active_jobs(run_dirs: dict[str, Path]) -> dict[str, submitit.Job]:
+    """Of the given runs without a finished record, those whose recorded SLURM job is still queued or running."""
+    refs = {run_id: read_job_ref(path) for run_id, path in run_dirs.items() if not store.is_finished(path)}
+    jobs = {run_id: job_of(ref) for run_id, ref in refs.items() if ref and ref.get("cluster") == "slurm"}
+    if jobs:  # one sacct call answers for every registered job
+        next(iter(jobs.values())).done(force_check=True)
+    return {run_id: job for run_id, job in jobs.items() if is_active(job)}
+
+
+def log_tail(job: submitit.Job, lines: int = 30) -> str:
+    """The last lines of the job's stderr and stdout (empty when the files are gone)."""
+    try:
+        text = (job.stderr() or "") + (job.stdout() or "")
+    except Exception:  # logs are a courtesy: a missing file must not hide the real failure
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def job_error(job: submitit.Job | None) -> str:
+    """Why a job ended without a record: its exception (the remote traceback's last line) or its SLURM state."""
+    if job is None:
+        return "not started"
+    if not job.paths.result_pickle.exists():  # killed, cancelled, out of memory, node failure: only SLURM knows
+        return f"job state {slurm_state(job, force=True)}"
+    try:
+        error = job.exception()
+    except Exception as err:  # an unreadable result pickle
+        return f"{type(err).__name__}: {err}".splitlines()[0]
+    if error:
+        text = str(error).strip().splitlines()
+        return f"{type(error).__name__}: {text[-1] if text else ''}"
+    return f"state {job.state}"
