@@ -194,5 +194,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SuiteError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:
+        from kdbench.dispatch import SubmissionError
+
+        if not isinstance(err, SubmissionError):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 

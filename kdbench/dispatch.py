@@ -44,6 +44,10 @@ class RunTask(submitit.helpers.Checkpointable):
         return {"run_id": record["run_id"], "state": record["state"]}
 
 
+class SubmissionError(RuntimeError):
+    """The cluster refused a submission (bad partition/account/option, or no sbatch): nothing of it started."""
+
+
 class RunFailedError(RuntimeError):
     """A run ended with a ``failed`` record (its record holds the traceback)."""
 
@@ -235,8 +239,12 @@ def _submit_array(settings: ExecutorSettings, root: Path, kind: str, run_ids: li
     folder = root / ".submitit"
     executor = slurm.slurm_executor(settings, folder, kind, dependency, job_name=f"kdb-{root.name}")
     threads = settings.for_kind(kind).cpus_per_task
-    with executor.batch():
-        jobs = [executor.submit(RunTask(str(dirs[run_id]), threads)) for run_id in run_ids]
+    try:
+        with executor.batch():
+            jobs = [executor.submit(RunTask(str(dirs[run_id]), threads)) for run_id in run_ids]
+    except (submitit.core.utils.FailedJobError, OSError) as err:  # sbatch missing or refusing the options
+        raise SubmissionError(f"sbatch refused the {kind} job array ({len(run_ids)} runs): "
+                              f"{str(err).strip() or type(err).__name__}") from None
     for run_id, job in zip(run_ids, jobs, strict=True):
         slurm.write_job_ref(dirs[run_id], job, "slurm", folder)
     return dict(zip(run_ids, jobs, strict=True))

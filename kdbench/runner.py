@@ -203,6 +203,7 @@ def _execute(run_dir: Path, spec: dict[str, Any], log: Callable[[str], None]) ->
         "metrics": _metrics(outcome, regime_data.groups),
         "stability": _stability(outcome),
         "diagnostics": extras.get("diagnostics", {}),
+        "resumes": outcome.resumes,
         "extra_evaluations": extra_evaluations,
         "data": {"train_size": len(regime_data.indices), "test_size": len(splits.test),
                  "val_size": len(val) if val is not None else 0, "labeled": regime_data.labeled,

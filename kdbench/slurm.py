@@ -40,9 +40,10 @@ def slurm_executor(settings: ExecutorSettings, folder: Path, kind: str, dependen
         "additional_parameters": dict(resources.sbatch),
     }
     optional = {"partition": resources.partition, "account": resources.account, "qos": resources.qos,
-                "constraint": resources.constraint, "gpus_per_node": resources.gpus_per_run or None,
-                "mem": f"{int(resources.mem_gb * 1024)}MB" if resources.mem_gb else None}
+                "constraint": resources.constraint, "gpus_per_node": resources.gpus_per_run or None}
     params.update({k: v for k, v in optional.items() if v is not None})
+    if resources.mem_gb:  # as --mem=<MiB>M: submitit's own conversion writes "GB", which sbatch 22.05 rejects
+        params["additional_parameters"].setdefault("mem", f"{round(resources.mem_gb * 1024)}M")
     if dependency:
         params["dependency"] = dependency
         # a dependency that can never be met (teacher failed) cancels the dependant instead of leaving it pending

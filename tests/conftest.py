@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -47,3 +49,26 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subpro
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=cwd or ROOT,
                           env=env, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[None]:
+    """A real single-node SLURM cluster for the session: used as is when it answers, else started with
+    ``tests/slurm/cluster.sh`` (needs root and apt) and stopped at the end. Without root the SLURM tests skip,
+    unless ``KDBENCH_REQUIRE_SLURM=1`` (CI) turns that into a failure."""
+    script = ROOT / "tests" / "slurm" / "cluster.sh"
+    if subprocess.run([str(script), "status"], capture_output=True, timeout=60).returncode == 0:
+        yield
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        message = "a SLURM test cluster needs root and apt-get to start (tests/slurm/cluster.sh start)"
+        if os.environ.get("KDBENCH_REQUIRE_SLURM") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    started = subprocess.run([str(script), "start"], capture_output=True, text=True, timeout=900)
+    if started.returncode != 0:
+        pytest.fail(f"could not start the SLURM test cluster:\n{started.stdout}\n{started.stderr}")
+    try:
+        yield
+    finally:
+        subprocess.run([str(script), "stop"], capture_output=True, timeout=300)

@@ -140,6 +140,7 @@ class FitOutcome:
     nonfinite_loss: bool = False
     final: dict[str, Evaluation] = field(default_factory=dict)
     extra: dict[str, Evaluation] = field(default_factory=dict)
+    resumes: list[dict[str, Any]] = field(default_factory=list)  # each restart: the phase and epoch it resumed at
 
 
 def _train_epoch(ts: TrainState, phase: Phase, optimizer: torch.optim.Optimizer,
@@ -216,12 +217,14 @@ def fit(ts: TrainState) -> FitOutcome:
     phases = phases_of(ts.method, ts.recipe, ts.regime.labeled)
     resume = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
     history: list[dict[str, Any]] = []
+    resumes: list[dict[str, Any]] = []
     start_phase = 0
     if resume:
         ts.student.load_state_dict(resume["student"])
         ts.method.load_state_dict(resume["method"])
         set_rng_state(resume["rng"])
         history, start_phase = list(resume["history"]), int(resume["phase"])
+        resumes = [*resume.get("resumes", []), {"phase": phases[start_phase].name, "epoch": int(resume["epoch"])}]
         ts.log(f"resumed from {phases[start_phase].name} epoch {resume['epoch']} ({ckpt_path})")
     atomic_write_jsonl(metrics_path, history)  # drop lines written after the checkpoint we resume from
     for index in range(start_phase, len(phases)):
@@ -244,7 +247,8 @@ def fit(ts: TrainState) -> FitOutcome:
             if diverged:
                 ts.log(f"{phase.name} epoch {epoch + 1}/{epochs}: diverged: {diverged}")
                 return FitOutcome("diverged", history, diverged_epoch=epoch + 1, diverged_phase=phase.name,
-                                  reason=diverged, nonfinite_loss=diverged.startswith("non-finite"))
+                                  reason=diverged, nonfinite_loss=diverged.startswith("non-finite"),
+                                  resumes=resumes)
             train_seconds = time.perf_counter() - began
             result = _eval(ts, phase)
             best_so_far = max((h["top1"] for h in history if h["phase"] == "main"), default=-1.0)
@@ -259,10 +263,10 @@ def fit(ts: TrainState) -> FitOutcome:
             atomic_write_jsonl(metrics_path, history)
             save_checkpoint(ckpt_path, {"phase": index, "epoch": epoch + 1, **_state(ts),
                                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                        "rng": rng_state(), "history": history})
+                                        "rng": rng_state(), "history": history, "resumes": resumes})
             ts.log(f"{phase.name} epoch {epoch + 1:>3}/{epochs}  loss {line.get('train_loss', float('nan')):.4f}  "
                    f"top1 {result.top1:6.2f}  lr {lr:.3g}  {train_seconds:.2f}s")
-    outcome = FitOutcome("done", history)
+    outcome = FitOutcome("done", history, resumes=resumes)
     for name, predict in ts.method.extra_evaluations().items():  # on the last epoch's model
         ts.method.eval()
         outcome.extra[name] = evaluate(ts.student, predict, ts.test, ts.eval_batch_size, ts.regime.groups,
