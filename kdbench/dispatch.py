@@ -148,9 +148,11 @@ class _Collector:
             job_info = {}
             if job is not None:
                 job_info = {"job_id": str(job.job_id), "state": slurm.slurm_state(job)}
+            tail = slurm.log_tail(job) if job else ""
+            oom = " (out of memory: the log shows the memory-limit kill)" if slurm.ran_out_of_memory(tail) else ""
             detail = reason or self.teacher_problem(run_id) or \
-                f"job {job.job_id if job else '?'} ended without a record: {slurm.job_error(job)}"
-            _failed_record(run_dir, detail, slurm.log_tail(job) if job else "", job_info)
+                f"job {job.job_id if job else '?'} ended without a record: {slurm.job_error(job)}{oom}"
+            _failed_record(run_dir, detail, tail, job_info)
             record = store.load_result(run_dir)
         self.summary.states[run_id] = record["state"]
         self.bar.update(1)

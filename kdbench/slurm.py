@@ -106,6 +106,13 @@ def log_tail(job: submitit.Job, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def ran_out_of_memory(log: str) -> bool:
+    """True when a job log shows SLURM's (or the kernel's) memory-limit kill."""
+    text = log.lower()
+    return any(sign in text for sign in ("exceeded memory limit", "exceeded job memory limit", "oom-kill",
+                                         "out of memory", "out_of_memory"))
+
+
 def job_error(job: submitit.Job | None) -> str:
     """Why a job ended without a record: its exception (the remote traceback's last line) or its SLURM state."""
     if job is None:

@@ -170,6 +170,15 @@ def test_cancelled_job_is_recorded_failed_with_its_slurm_state(tmp_path: Path) -
     assert f"job {job_id} (CANCELLED)" in status.stdout, status.stdout
 
 
+def test_job_over_its_memory_limit_is_failed_with_state_and_reason(tmp_path: Path) -> None:
+    suite = write_suite(tmp_path / "oom.yaml", vanilla_suite("oom", epochs=20, mem_gb=0.1))  # torch needs more
+    out = run_cli("kdbench", "run", str(suite), "--results", str(tmp_path / "r"), "--quiet", timeout=300)
+    assert out.returncode == 1
+    record = store.load_result(only_run(tmp_path / "r" / "oom"))
+    assert record["state"] == "failed" and "out of memory" in record["error"]
+    assert record["job"]["state"] in ("FAILED", "OUT_OF_MEMORY") and "memory limit" in record["log_tail"]
+
+
 def test_job_that_raises_is_failed_with_traceback_and_its_students_are_cancelled(tmp_path: Path) -> None:
     root = tmp_path / "broken-fashion"
     root.mkdir()

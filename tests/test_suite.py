@@ -37,6 +37,11 @@ def test_unknown_method_names_the_key_and_the_known_methods() -> None:
     ({"seeds": [0, 0]}, "seeds", "repeated seed"),
     ({"seeds": []}, "seeds", "non-empty list"),
     ({"executor": {"name": "slurmm"}}, "executor.name", "unknown executor"),
+    ({"executor": {"name": "slurm", "partiton": "gpu"}}, "executor.partiton", "unknown key 'partiton'"),
+    ({"executor": {"name": "slurm", "teacher": {"gpus": 8}}}, "executor.teacher.gpus", "teacher jobs may override"),
+    ({"executor": {"name": "slurm", "teacher": {"timeout_min": 0}}}, "executor.timeout_min", "must be >= 1"),
+    ({"executor": {"name": "slurm", "mem_gb": "lots"}}, "executor.mem_gb", "expected a number"),
+    ({"executor": {"name": "slurm", "max_requeues": -1}}, "executor.max_requeues", "must be >= 0"),
     ({"methods": [{"name": "vanilla"}], "regimes": [{"name": "unlabeled"}]}, "methods[0].name", "needs labels"),
 ])
 def test_bad_values_name_their_key(change: dict, key: str, words: str) -> None:
@@ -164,3 +169,17 @@ def test_shipped_suites_validate() -> None:
     for name in names:
         suite = load_suite(name)
         assert expand(suite).runs
+
+
+def test_teacher_jobs_take_their_overrides_and_students_the_suite_defaults() -> None:
+    suite = validate(tiny_suite(executor={"name": "slurm", "partition": "gpu", "gpus_per_run": 1, "timeout_min": 60,
+                                          "teacher": {"gpus_per_run": 8, "timeout_min": 600}}))
+    teacher, student = suite.executor.for_kind("teacher"), suite.executor.for_kind("student")
+    assert (teacher.gpus_per_run, teacher.timeout_min, teacher.partition) == (8, 600, "gpu")
+    assert (student.gpus_per_run, student.timeout_min, student.partition) == (1, 60, "gpu")
+
+
+def test_executor_settings_do_not_change_run_ids() -> None:
+    local = expand(validate(tiny_suite()))
+    on_slurm = expand(validate(tiny_suite(executor={"name": "slurm", "partition": "gpu", "cpus_per_task": 4})))
+    assert set(local.runs) == set(on_slurm.runs) and set(local.teachers) == set(on_slurm.teachers)
