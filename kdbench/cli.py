@@ -24,6 +24,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         overrides.append(f"executor.workers={args.workers}")
     if args.no_wait:
         overrides.append("executor.wait=false")
+    if args.data_root:
+        overrides.append(f"dataset.root={args.data_root}")
     suite = load_suite(args.suite, overrides)
     plan = expand(suite)
     print(f"suite '{suite.name}' ({suite.source}): {len(plan.teachers)} teacher job(s), {len(plan.runs)} run(s), "
@@ -154,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="results root (default: results/)")
     run.add_argument("--executor", choices=["local", "debug", "slurm"], help="override the suite's executor")
     run.add_argument("--workers", type=int, help="parallel local jobs (default: the suite's, else the cores)")
+    run.add_argument("--data-root", help="the dataset's root folder (else the suite's dataset.root, else "
+                     "$KDBENCH_DATA/<dataset name>)")
     run.add_argument("--no-wait", action="store_true",
                      help="slurm: submit and return; collect later with `python -m kdbench status DIR`")
     run.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from kdbench import store
-from kdbench.data import TensorData, dataset_registry, regime_registry
+from kdbench.data import TensorData, dataset_registry, eval_batches, regime_registry
 from kdbench.data.regimes import RegimeData, hold_out
 from kdbench.engine import (
     FitOutcome,
@@ -132,8 +132,7 @@ def _data(spec: dict[str, Any]) -> tuple[Any, RegimeData, TensorData | None]:
         return splits, regime_data, None
     regime_data, val_indices = hold_out(regime_data, splits.train.y.numpy(), spec["eval"]["val_fraction"],
                                         spec["eval"].get("val_seed", 0))
-    index = torch.as_tensor(val_indices, dtype=torch.long)
-    return splits, regime_data, TensorData(splits.train.x[index], splits.train.y[index])
+    return splits, regime_data, splits.train.subset(val_indices)
 
 
 def _stability(outcome: FitOutcome) -> dict[str, Any]:
@@ -187,7 +186,7 @@ def _execute(run_dir: Path, spec: dict[str, Any], log: Callable[[str], None]) ->
     cost = _training_cost(spec, outcome, method, student, teacher, regime_data)
     extra_evaluations = {}
     if outcome.state == "done":
-        example = splits.test.x[: spec["eval"]["batch_size"]].to(device)
+        example = next(eval_batches(splits.test, spec["eval"]["batch_size"], device))[0]
         method.eval()
         cost.update(inference_cost(student, lambda x, out: method.predict(x, out, final=True), example,
                                    batch_sizes=(1, len(example))))

@@ -1,8 +1,14 @@
-"""Batches over in-memory splits: a seeded order per (run seed, epoch), so a resumed run sees the same data."""
+"""Batches over a split: a seeded order per (run seed, epoch), so a resumed run sees the same data.
+
+In-memory splits (:class:`TensorData`) are sliced, moved to the device, normalised and augmented there (no
+DataLoader workers: the fast path for data that fits in memory). File-backed splits (:class:`FileData`:
+ImageFolder trees, tar shards) go through a DataLoader with worker processes and PIL transforms.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,24 +22,35 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
-def train_batches(data: TensorData, indices: np.ndarray, batch_size: int, *, labeled: bool, seed: int,
+def train_batches(data: TensorData | Any, indices: np.ndarray, batch_size: int, *, labeled: bool, seed: int,
                   epoch: int, device: torch.device | str = "cpu") -> Iterator[Batch]:
     """Shuffled training batches of ``indices``; labels are withheld (``y=None``) when ``labeled`` is False.
 
     The last partial batch is kept unless it holds a single image (batch norm cannot train on one).
     """
     index = torch.as_tensor(indices, dtype=torch.long)
-    order = index[torch.randperm(len(index), generator=epoch_generator(seed, epoch))]
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
-        if len(chunk) < 2 and len(order) > 1:
-            continue
-        y = data.y[chunk].to(device) if labeled else None
-        yield Batch(x=data.x[chunk].to(device), y=y, index=chunk)
+    generator = epoch_generator(seed, epoch)
+    order = index[torch.randperm(len(index), generator=generator)]
+    chunks = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    chunks = [chunk for chunk in chunks if len(chunk) >= 2 or len(order) == 1]
+    if isinstance(data, TensorData):
+        for chunk in chunks:
+            x = data.to_input(data.x[chunk].to(device, non_blocking=True), train=True, generator=generator)
+            y = data.y[chunk].to(device) if labeled else None
+            yield Batch(x=x, y=y, index=chunk)
+        return
+    for chunk, (x, y) in zip(chunks, data.load_batches(chunks, train=True, seed=seed * 1_000_003 + epoch),
+                             strict=True):
+        yield Batch(x=x.to(device, non_blocking=True), y=y.to(device) if labeled else None, index=chunk)
 
 
-def eval_batches(data: TensorData, batch_size: int,
+def eval_batches(data: TensorData | Any, batch_size: int,
                  device: torch.device | str = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The whole split in order, as ``(x, y)`` batches."""
-    for start in range(0, len(data), batch_size):
-        yield data.x[start:start + batch_size].to(device), data.y[start:start + batch_size].to(device)
+    """The whole split in order, as ``(x, y)`` model-input batches."""
+    chunks = [torch.arange(start, min(start + batch_size, len(data))) for start in range(0, len(data), batch_size)]
+    if isinstance(data, TensorData):
+        for chunk in chunks:
+            yield data.to_input(data.x[chunk].to(device)), data.y[chunk].to(device)
+        return
+    for x, y in data.load_batches(chunks, train=False, seed=0):
+        yield x.to(device, non_blocking=True), y.to(device)

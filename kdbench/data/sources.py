@@ -7,8 +7,11 @@ methods). ``load()`` returns the train and test splits as in-memory tensors. Not
 from __future__ import annotations
 
 import gzip
+import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,32 +19,93 @@ import torch
 from kdbench.registry import Registry, init_parameters
 
 
+@dataclass(frozen=True)
+class Augment:
+    """Training-time augmentation done on the batch tensor (on the training device): a random crop after
+    zero-padding by ``pad`` pixels and a random horizontal flip, the CIFAR recipe of RepDistiller/mdistiller."""
+
+    pad: int = 4
+    flip: bool = True
+
+
 @dataclass
 class TensorData:
-    """An in-memory labelled split: images ``x`` (N, C, H, W) float32 and labels ``y`` (N,) int64."""
+    """An in-memory labelled split: images ``x`` (N, C, H, W) and labels ``y`` (N,) int64 (-1: no label).
+
+    ``x`` is float32 and ready to use, or uint8 with the per-channel ``mean``/``std`` (of x/255) that turn it into
+    model input batch by batch on the device (CIFAR-100 as uint8 is 150 MB, not 600). ``augment`` applies to
+    training batches only.
+    """
 
     x: torch.Tensor
     y: torch.Tensor
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    augment: Augment | None = None
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of a model input."""
+        return tuple(int(v) for v in self.x.shape[1:])  # type: ignore[return-value]
+
+    def subset(self, indices: torch.Tensor | np.ndarray) -> TensorData:
+        """The same data restricted to ``indices`` (kept in the given order)."""
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return TensorData(self.x[index], self.y[index], self.mean, self.std, self.augment)
+
+    def to_input(self, x: torch.Tensor, train: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Raw batch -> model input: scale and normalise uint8, then (training only) augment."""
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255.0)
+            if self.mean is not None and self.std is not None:
+                mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+                std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+                x = (x - mean) / std
+        if train and self.augment is not None:
+            x = crop_flip(x, self.augment, generator)
+        return x
+
+
+def crop_flip(x: torch.Tensor, augment: Augment, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random crop of each image after zero padding by ``augment.pad``, then a random horizontal flip.
+
+    Offsets and flips are drawn on the CPU from ``generator`` (so the result is the same on any device) and
+    applied with one gather on ``x``'s device.
+    """
+    n, _, h, w = x.shape
+    pad = augment.pad
+    if pad:
+        dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+        dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+        padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+        rows = (dy[:, None] + torch.arange(h)[None]).to(x.device)  # (n, h)
+        cols = (dx[:, None] + torch.arange(w)[None]).to(x.device)  # (n, w)
+        batch = torch.arange(n, device=x.device)[:, None, None]
+        x = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    if augment.flip:
+        flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+        x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    return x.contiguous()
 
 
 @dataclass
 class Splits:
     """A dataset's train and test splits and its shape facts."""
 
-    train: TensorData
-    test: TensorData
+    train: TensorData | Any
+    test: TensorData | Any
     num_classes: int
 
     @property
     def in_chans(self) -> int:
-        return int(self.train.x.shape[1])
+        return int(self.train.image_shape[0])
 
     @property
     def img_size(self) -> int:
-        return int(self.train.x.shape[-1])
+        return int(self.train.image_shape[-1])
 
 
 class DataSource:
@@ -177,3 +241,134 @@ class Synthetic(DataSource):
             return TensorData(x.float(), y.long())
 
         return Splits(sample(self.num_train), sample(self.num_test), num_classes=self.num_classes)
+
+
+def data_root(root: str | None, source: str, layout: str) -> Path:
+    """The folder a source reads: its ``root`` parameter, else ``$KDBENCH_DATA/<source>``; a missing folder is a
+    :class:`FileNotFoundError` naming the path and the expected layout (nothing is ever downloaded)."""
+    if root is None:
+        base = os.environ.get("KDBENCH_DATA")
+        if not base:
+            raise FileNotFoundError(f"{source}: no data root given (set dataset.root in the suite, --data-root, or "
+                                    f"KDBENCH_DATA); expected layout: {layout}")
+        root = str(Path(base) / source)
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"data root '{path}' does not exist ({source} expects: {layout})")
+    return path
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles the CIFAR python batches and nothing else: only numpy's array reconstruction may be looked up,
+    so a tampered file cannot run code (the same care as ``torch.load(weights_only=True)``)."""
+
+    ALLOWED = frozenset({("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                         ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")})
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR batch file")
+        return super().find_class(module, name)
+
+
+def read_cifar_batch(path: Path) -> dict[str, Any]:
+    """One CIFAR python batch file (``train``, ``test``...) as a dict with str keys."""
+    with open(path, "rb") as f:
+        raw = _CifarUnpickler(f, encoding="bytes").load()
+    return {(k.decode() if isinstance(k, bytes) else k): v for k, v in raw.items()}
+
+
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+
+
+@dataset_registry.register("cifar100")
+class CIFAR100(DataSource):
+    """CIFAR-100 (50,000 + 10,000 32x32 colour images, 100 classes) in torchvision's on-disk format.
+
+    ``root`` holds ``cifar-100-python/{train,test}`` (or is that folder): what ``torchvision.datasets.CIFAR100``
+    leaves after a download elsewhere; it is never downloaded here. Kept in memory as uint8; batches are
+    normalised with the usual mean/std and augmented (random crop after 4-pixel padding, flip) on the device.
+    """
+
+    description = "CIFAR-100, 32x32x3, 100 classes, torchvision's cifar-100-python pickles under `root`"
+    root_required = True
+    LAYOUT = "<root>/cifar-100-python/{train,test,meta} (torchvision's CIFAR100 format)"
+
+    def __init__(self, root: str | None = None, augment: bool = True, pad: int = 4) -> None:
+        self.root, self.augment, self.pad = root, augment, pad
+
+    def folder(self) -> Path:
+        root = data_root(self.root, "cifar100", self.LAYOUT)
+        folder = root / "cifar-100-python" if (root / "cifar-100-python").is_dir() else root
+        for name in ("train", "test"):
+            if not (folder / name).is_file():
+                raise FileNotFoundError(f"'{folder / name}' not found: cifar100 expects {self.LAYOUT}")
+        return folder
+
+    def check(self) -> None:
+        self.folder()
+
+    def load(self) -> Splits:
+        folder = self.folder()
+        augment = Augment(pad=self.pad) if self.augment else None
+
+        def split(name: str) -> TensorData:
+            batch = read_cifar_batch(folder / name)
+            x = torch.from_numpy(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).copy())
+            y = torch.as_tensor(np.asarray(batch["fine_labels"], dtype=np.int64))
+            return TensorData(x, y, CIFAR100_MEAN, CIFAR100_STD, augment)
+
+        return Splits(split("train"), split("test"), num_classes=100)
+
+
+@dataset_registry.register("image_folder")
+class ImageFolderSource(DataSource):
+    """Any labelled image tree in torchvision's ImageFolder layout: ``root/train/<class>/*.jpg`` and
+    ``root/val/<class>/*.jpg`` (class names sorted into labels; val uses train's class list). Images stay on
+    disk and are decoded by ``num_workers`` DataLoader workers: RandomResizedCrop(``size``, scale
+    (``scale_min``, 1)) + flip for training, Resize(``resize``) + CenterCrop(``size``) for evaluation."""
+
+    description = "labelled ImageFolder tree under `root` (train/ and val/), decoded from disk"
+    root_required = True
+    folder_name = "image_folder"
+    LAYOUT = "<root>/train/<class>/<image> and <root>/val/<class>/<image> (ImageFolder)"
+
+    def __init__(self, root: str | None = None, size: int = 224, resize: int = 256, scale_min: float = 0.08,
+                 num_workers: int = 4, train_dir: str = "train", val_dir: str = "val") -> None:
+        if not 0.0 < scale_min <= 1.0:
+            raise ValueError(f"scale_min must be in (0, 1], got {scale_min}")
+        self.root, self.size, self.resize, self.scale_min = root, size, resize, scale_min
+        self.num_workers, self.train_dir, self.val_dir = num_workers, train_dir, val_dir
+
+    def folders(self) -> tuple[Path, Path]:
+        root = data_root(self.root, self.folder_name, self.LAYOUT)
+        train, val = root / self.train_dir, root / self.val_dir
+        for folder in (train, val):
+            if not folder.is_dir():
+                raise FileNotFoundError(f"'{folder}' not found: {self.folder_name} expects {self.LAYOUT}")
+        return train, val
+
+    def check(self) -> None:
+        self.folders()
+
+    def load(self) -> Splits:
+        from kdbench.data.files import FileData, ImageTransforms, scan_image_folder
+
+        train_dir, val_dir = self.folders()
+        train_samples, train_labels, classes = scan_image_folder(train_dir)
+        val_samples, val_labels, _ = scan_image_folder(val_dir, classes)
+        transforms = ImageTransforms(size=self.size, resize=self.resize, scale=(self.scale_min, 1.0))
+        return Splits(FileData(list(train_samples), torch.as_tensor(train_labels), transforms, self.num_workers),
+                      FileData(list(val_samples), torch.as_tensor(val_labels), transforms, self.num_workers),
+                      num_classes=len(classes))
+
+
+@dataset_registry.register("imagenet")
+class ImageNet(ImageFolderSource):
+    """ImageNet-1k (ILSVRC 2012) in ImageFolder layout: ``root/train/n01440764/*.JPEG`` and ``root/val/<wnid>/``
+    (the validation images sorted into class folders, as torchvision's ImageNet and timm expect). Same transforms
+    as ``image_folder``; GenDD's ImageNet recipe uses ``scale_min: 0.6``."""
+
+    description = "ImageNet-1k in ImageFolder layout under `root` (train/<wnid>/, val/<wnid>/)"
+    folder_name = "imagenet"
+    LAYOUT = "<root>/train/<wnid>/<image>.JPEG and <root>/val/<wnid>/<image>.JPEG (val sorted into class folders)"

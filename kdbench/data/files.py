@@ -1,0 +1,153 @@
+"""File-backed splits for data that does not fit in memory: ImageFolder trees and WebDataset-style tar shards.
+
+A :class:`FileData` holds the list of samples (a file path, or a member of an uncompressed tar shard, and a
+label; -1 when unlabeled), knows its labels without opening an image (regimes need only those), and decodes
+batches with PIL in DataLoader worker processes. Transforms follow torchvision: RandomResizedCrop + flip for
+training, Resize + CenterCrop for evaluation, then the dataset's normalisation.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class TarMember:
+    """One file inside an uncompressed tar shard: where its bytes are."""
+
+    shard: str
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True)
+class ImageTransforms:
+    """The torchvision recipe of a file-backed split: train crop ``size`` from a RandomResizedCrop with
+    ``scale`` (GenDD uses (0.6, 1) on ImageNet; torchvision's default is (0.08, 1)), eval Resize ``resize`` then
+    CenterCrop ``size``, then normalisation."""
+
+    size: int = 224
+    resize: int = 256
+    scale: tuple[float, float] = (0.08, 1.0)
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+    def build(self, train: bool) -> Any:
+        from torchvision import transforms as T
+
+        steps = [T.RandomResizedCrop(self.size, scale=self.scale), T.RandomHorizontalFlip()] if train else \
+            [T.Resize(self.resize), T.CenterCrop(self.size)]
+        return T.Compose([*steps, T.ToTensor(), T.Normalize(self.mean, self.std)])
+
+
+@dataclass
+class FileData:
+    """A split whose images stay on disk: ``samples`` (paths or tar members) and labels ``y`` (-1: unlabeled)."""
+
+    samples: list[str | TarMember]
+    y: torch.Tensor
+    transforms: ImageTransforms = field(default_factory=ImageTransforms)
+    num_workers: int = 4
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (3, self.transforms.size, self.transforms.size)
+
+    def subset(self, indices: torch.Tensor | np.ndarray) -> FileData:
+        """The same data restricted to ``indices`` (kept in the given order)."""
+        index = [int(i) for i in torch.as_tensor(indices).tolist()]
+        return replace(self, samples=[self.samples[i] for i in index], y=self.y[index])
+
+    def load_batches(self, chunks: Sequence[torch.Tensor], train: bool, seed: int) -> Iterator[tuple[torch.Tensor,
+                                                                                                     torch.Tensor]]:
+        """Decode the batches ``chunks`` (index tensors) in order, in worker processes; augmentation seeded."""
+        dataset = _Decoded(self, self.transforms.build(train), seed)
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=[c.tolist() for c in chunks],
+                                             num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
+                                             persistent_workers=False)
+        yield from loader
+
+
+class _Decoded(torch.utils.data.Dataset):
+    """Sample ``i`` decoded and transformed; each sample's augmentation draws from a generator seeded by
+    (epoch seed, index), so results do not depend on the number of workers."""
+
+    def __init__(self, data: FileData, transform: Any, seed: int) -> None:
+        self.data, self.transform, self.seed = data, transform, seed
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        torch.manual_seed(self.seed * 7_919 + i)  # torchvision's random transforms draw from the global RNG
+        return self.transform(open_image(self.data.samples[i])), self.data.y[i]
+
+
+def open_image(sample: str | TarMember) -> Any:
+    """The RGB PIL image of a sample."""
+    from PIL import Image
+
+    if isinstance(sample, TarMember):
+        with open(sample.shard, "rb") as f:
+            f.seek(sample.offset)
+            return Image.open(io.BytesIO(f.read(sample.size))).convert("RGB")
+    with Image.open(sample) as image:
+        return image.convert("RGB")
+
+
+def scan_image_folder(root: Path, classes: Sequence[str] | None = None) -> tuple[list[str], list[int], list[str]]:
+    """An ImageFolder tree ``root/<class>/<image>``: sorted samples, labels, and the class names (sorted, or the
+    given ``classes`` so train and val agree on the label of each class)."""
+    root = Path(root)
+    names = list(classes) if classes is not None else sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not names:
+        raise FileNotFoundError(f"'{root}' has no class folders: expected the ImageFolder layout "
+                                f"{root}/<class name>/<image>.jpg")
+    samples, labels = [], []
+    for label, name in enumerate(names):
+        folder = root / name
+        if not folder.is_dir():
+            continue
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        samples += [str(p) for p in files]
+        labels += [label] * len(files)
+    if not samples:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under '{root}/<class>/'")
+    return samples, labels, names
+
+
+def scan_unlabeled(root: Path) -> list[str | TarMember]:
+    """Every image under ``root``: plain files (any depth) and members of uncompressed ``*.tar`` shards
+    (WebDataset layout: ``<key>.jpg`` next to ``<key>.txt`` / ``.json``; only the images are used)."""
+    root = Path(root)
+    samples: list[str | TarMember] = []
+    for path in sorted(root.rglob("*")):
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            samples.append(str(path))
+        elif path.suffix == ".tar":
+            samples += tar_images(path)
+    if not samples:
+        raise FileNotFoundError(f"no images or .tar shards under '{root}' (expected image files, or WebDataset "
+                                f"shards such as {root}/00000.tar holding <key>.jpg)")
+    return samples
+
+
+def tar_images(shard: Path) -> list[TarMember]:
+    """The image members of one uncompressed tar shard, with their byte offsets (read without extracting)."""
+    with tarfile.open(shard, "r:") as tar:
+        return [TarMember(str(shard), member.offset_data, member.size) for member in tar.getmembers()
+                if member.isfile() and Path(member.name).suffix.lower() in IMAGE_SUFFIXES]
