@@ -82,6 +82,20 @@ class Network(nn.Module):
         return {name: tuple(t.shape[1:]) for name, t in out.taps.items()}
 
 
+def check_taps(network: Network, example: torch.Tensor) -> dict[str, tuple[int, ...]]:
+    """Run one example through ``network`` and check every tap against the model's declared ``feature_info``
+    (channels, and spatial size = input size / reduction); a mismatch names the model, tap and both shapes."""
+    shapes = network.tap_shapes(example)
+    size = example.shape[-1]
+    for (name, shape), info in zip(shapes.items(), _info_list(network.model.feature_info), strict=True):
+        declared_chs, reduction = int(info["num_chs"]), int(info["reduction"])
+        spatial = shape[1:]
+        if shape[0] != declared_chs or (spatial and spatial[-1] != max(1, size // reduction)):
+            raise ValueError(f"model '{network.name}': tap {name} is {shape}, but feature_info declares "
+                             f"{declared_chs} channels at 1/{reduction} of the {size}px input")
+    return shapes
+
+
 def _info_list(info: object) -> list:
     return list(info.info) if hasattr(info, "info") else list(info)  # timm FeatureInfo or a plain list
 
