@@ -28,9 +28,10 @@ class RunTask(submitit.helpers.Checkpointable):
     """The callable a job runs: execute (or resume) one run directory. Keeps no state but the path, so a
     requeued job resumes from the run's own checkpoint."""
 
-    def __init__(self, run_dir: str, threads: int = 1) -> None:
+    def __init__(self, run_dir: str, threads: int = 1, fail_job: bool = False) -> None:
         self.run_dir = str(run_dir)
         self.threads = threads
+        self.fail_job = fail_job  # SLURM: a failed run fails its job, so runs that depend on it are cancelled
 
     def __call__(self) -> dict[str, Any]:
         import torch
@@ -39,7 +40,7 @@ class RunTask(submitit.helpers.Checkpointable):
 
         torch.set_num_threads(self.threads)
         record = execute(Path(self.run_dir))
-        if record["state"] == "failed":  # the job fails too, so SLURM cancels runs that depend on it
+        if record["state"] == "failed" and self.fail_job:
             raise RunFailedError(f"run {record['run_id']} failed: {record.get('error', '')}")
         return {"run_id": record["run_id"], "state": record["state"]}
 
@@ -243,7 +244,7 @@ def _submit_array(settings: ExecutorSettings, root: Path, kind: str, run_ids: li
     threads = settings.for_kind(kind).cpus_per_task
     try:
         with executor.batch():
-            jobs = [executor.submit(RunTask(str(dirs[run_id]), threads)) for run_id in run_ids]
+            jobs = [executor.submit(RunTask(str(dirs[run_id]), threads, fail_job=True)) for run_id in run_ids]
     except (submitit.core.utils.FailedJobError, OSError) as err:  # sbatch missing or refusing the options
         raise SubmissionError(f"sbatch refused the {kind} job array ({len(run_ids)} runs): "
                               f"{str(err).strip() or type(err).__name__}") from None

@@ -21,6 +21,7 @@ from kdbench.data.regimes import RegimeData, hold_out
 from kdbench.engine import (
     FitOutcome,
     TrainState,
+    evaluate,
     fit,
     phases_of,
     save_checkpoint,
@@ -31,6 +32,7 @@ from kdbench.envinfo import environment
 from kdbench.measure import inference_cost, peak_memory_mb
 from kdbench.method import Method, discover_methods
 from kdbench.models import Network, count_parameters, create_network
+from kdbench.models.network import check_taps
 
 
 class TeacherNotReadyError(RuntimeError):
@@ -160,13 +162,76 @@ def _training_cost(spec: dict[str, Any], outcome: FitOutcome, method: Method, st
             "total_epochs": spec["epochs"] + sum(stage_epochs.values())}
 
 
+def _verify_teacher(run_dir: Path, spec: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+    """A teacher the suite does not train: load its checkpoint (sha256 checked, weights_only) or its pretrained
+    weights from the local cache, measure its top-1 on the test split, and fail unless it is as expected."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    splits, regime_data, _ = _data(spec)
+    source = spec["source"]
+    shape = {"num_classes": splits.num_classes, "in_chans": splits.in_chans, "img_size": splits.img_size}
+    if source.get("checkpoint"):
+        path = Path(source["checkpoint"]).expanduser()
+        actual = sha256_file(path)
+        if actual != source["sha256"]:
+            raise TeacherNotReadyError(f"{path}: sha256 {actual} does not match the suite's {source['sha256']}")
+        network = create_network(spec["model"], **shape)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        network.load_state_dict(state.get("state_dict", state.get("model", state)) if isinstance(state, dict)
+                                else state)
+    else:
+        network = pretrained_network(spec["model"], **shape)
+    check_taps(network, next(eval_batches(splits.test, 2))[0])
+    network.to(device)
+    evaluation = evaluate(network, lambda x, out: out.logits, splits.test, spec["eval"]["batch_size"],
+                          regime_data.groups, device)
+    expected, tolerance = source.get("top1"), source.get("tolerance", 0.5)
+    origin = f"checkpoint {source['checkpoint']}" if source.get("checkpoint") else "pretrained"
+    what = f"teacher {spec['model']} ({origin})"
+    log(f"{what}: top-1 {evaluation.top1:.2f} on the test split (expected {expected})")
+    if expected is not None and abs(evaluation.top1 - expected) > tolerance:
+        raise TeacherNotReadyError(f"{what} reaches top-1 {evaluation.top1:.2f} on the test split, not the "
+                                   f"expected {expected:.2f} +- {tolerance}: no student distils from it")
+    weights = run_dir / store.WEIGHTS
+    save_checkpoint(weights, {k: v.cpu() for k, v in network.state_dict().items()})
+    metrics = {f"{k}_last": v for k, v in evaluation.as_metrics().items()}
+    metrics.update({f"{k}_best": v for k, v in evaluation.as_metrics().items()}, best_epoch=0)
+    return {"state": "done", "metrics": metrics, "stability": {}, "diagnostics": {"expected_top1": expected},
+            "resumes": [], "extra_evaluations": {},
+            "data": {"test_size": len(splits.test), "labeled": True},
+            "cost": {"params": count_parameters(network), "epochs": 0, "total_epochs": 0},
+            "artifacts": {"weights": store.WEIGHTS, "weights_sha256": sha256_file(weights)},
+            "env": environment(device)}
+
+
+def pretrained_network(name: str, num_classes: int, in_chans: int, img_size: int) -> Network:
+    """timm's pretrained weights for ``name`` from the local cache only (HF_HUB_OFFLINE): a missing file is a
+    clear error, never a download."""
+    import os
+
+    import timm
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        model = timm.create_model(name, pretrained=True, num_classes=num_classes, in_chans=in_chans)
+    except Exception as err:  # timm raises several kinds (hub offline, missing file, no weights for the name)
+        raise TeacherNotReadyError(f"no pretrained weights for '{name}' in the local cache ({type(err).__name__}: "
+                                   f"{err}); put them in the timm/Hugging Face cache or give a checkpoint") from None
+    return Network(model, name=name)
+
+
 def _execute(run_dir: Path, spec: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+    if spec["role"] == "teacher" and spec.get("source"):
+        return _verify_teacher(run_dir, spec, log)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     splits, regime_data, val = _data(spec)
     shape = {"num_classes": splits.num_classes, "in_chans": splits.in_chans, "img_size": splits.img_size}
     seed_everything(spec["seed"])
     student = create_network(spec["model"], **shape)
     teacher = load_teacher(run_dir, spec, **shape) if spec.get("teacher_id") else None
+    example_input = next(eval_batches(splits.test, 2))[0]
+    for network in (student, teacher):  # every tap has the shape its model declares, before any training
+        if network is not None:
+            check_taps(network, example_input)
     method = discover_methods().get(spec["method"])(student, teacher, num_classes=splits.num_classes,
                                                      **spec["method_params"])
     for module in (student, method, teacher):

@@ -93,11 +93,61 @@ class Recipe:
 
 
 @dataclass(frozen=True)
+class TeacherSource:
+    """A teacher the suite does not train: a ``checkpoint`` file (a kdbench-format state dict, e.g. a teacher
+    job's ``weights.pt``; ``sha256`` required and checked before anything starts) or timm's ``pretrained``
+    weights from the local cache (offline, never downloaded). Its top-1 on the test split is measured by the
+    teacher job and must lie within ``tolerance`` points of ``top1`` (required for checkpoints), else the
+    teacher job fails and none of its students start."""
+
+    checkpoint: str | None = None
+    sha256: str | None = None
+    pretrained: bool = False
+    top1: float | None = None
+    tolerance: float = 0.5
+
+    def check(self, key: str) -> None:
+        _require((self.checkpoint is not None) != self.pretrained, key,
+                 "give exactly one of checkpoint: <path> or pretrained: true")
+        _require(self.tolerance >= 0, f"{key}.tolerance", "must be >= 0")
+        if self.checkpoint is None:
+            return
+        _require(self.sha256 is not None and re.fullmatch(r"[0-9a-f]{64}", self.sha256 or "") is not None,
+                 f"{key}.sha256", "a checkpoint needs its sha256 (64 hex digits: sha256sum FILE)")
+        _require(self.top1 is not None, f"{key}.top1", "a checkpoint needs the top-1 it is expected to reach")
+        path = Path(self.checkpoint).expanduser()
+        _require(path.is_file(), f"{key}.checkpoint", f"teacher checkpoint '{path}' does not exist")
+        actual = file_sha256(path)
+        _require(actual == self.sha256, f"{key}.sha256",
+                 f"'{path}' has sha256 {actual}, not the {self.sha256} the suite expects")
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
 class TeacherSettings:
-    """How the suite trains its teachers (one shared teacher job per teacher spec)."""
+    """How the suite gets its teachers: trained (one shared teacher job per teacher spec, with ``seed`` and
+    ``train``), or, for the models named in ``sources``, a verified checkpoint or pretrained weights."""
 
     seed: int = 0
     train: Recipe = Recipe(epochs=40)
+    sources: dict[str, Any] = field(default_factory=dict)
+
+    def check(self, key: str) -> None:
+        for name, value in self.sources.items():
+            build_dataclass(TeacherSource, value, f"{key}.sources.{name}")
+
+    def source(self, model: str) -> TeacherSource | None:
+        """Where the teacher ``model`` comes from (None: the suite trains it)."""
+        value = self.sources.get(model)
+        return None if value is None else build_dataclass(TeacherSource, value, f"teacher.sources.{model}")
 
 
 @dataclass(frozen=True)
@@ -558,6 +608,10 @@ def validate(raw: dict[str, Any], source: str = "") -> Suite:
         executor=build_dataclass(ExecutorSettings, raw.get("executor"), "executor"),
         source=source,
     )
+    teachers = {pair.teacher for pair in suite.pairs}
+    for name in suite.teacher.sources:
+        _require(name in teachers, f"teacher.sources.{name}",
+                 f"'{name}' is not the teacher of any pair (teachers: {', '.join(sorted(teachers))})")
     plan = expand(suite)
     for i, method in enumerate(methods):
         _require(any(spec["label"] == method.label for spec in plan.runs.values()), f"methods[{i}].name",
@@ -576,6 +630,8 @@ def spec_id(spec: dict[str, Any]) -> str:
     """Run id: the first 12 hex digits of the SHA-256 of the canonical JSON of the resolved spec."""
     hashed = _jsonable(spec)
     hashed.get("dataset", {}).get("params", {}).pop("root", None)  # where the data sits is not what it is
+    if isinstance(hashed.get("source"), dict):
+        hashed["source"].pop("checkpoint", None)  # nor where a checkpoint sits: its sha256 says what it is
     canonical = json.dumps(hashed, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
@@ -595,6 +651,15 @@ def teacher_spec(suite: Suite, pair: Pair, regime: Entry) -> dict[str, Any]:
     other = regime_registry.get(regime.name).teacher_regime
     trained_on = regime if other is None else Entry(
         other, resolve_params(regime_parameters(regime_registry.get(other)), {}, {}, "regime", other))
+    source = suite.teacher.source(pair.teacher)
+    if source is not None:  # verified, not trained: the same teacher for every regime
+        return _jsonable({
+            "role": "teacher", "model": pair.teacher, "student": None, "teacher": pair.teacher,
+            "method": "verify", "label": "checkpoint" if source.checkpoint else "pretrained", "method_params": {},
+            "source": dataclasses.asdict(source),
+            "dataset": {"name": suite.dataset.name, "params": suite.dataset.params},
+            "regime": {"name": "balanced", "params": {}}, "seed": suite.teacher.seed, "epochs": 0,
+            "recipe": None, "eval": dataclasses.asdict(suite.eval)})
     return _jsonable({
         "role": "teacher",
         "model": pair.teacher,
