@@ -26,8 +26,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         overrides.append("executor.wait=false")
     if args.data_root:
         overrides.append(f"dataset.root={args.data_root}")
-    suite = load_suite(args.suite, overrides)
+    suite = load_suite(args.suite, overrides, check_files=not args.dry_run)
     plan = expand(suite)
+    if args.dry_run:
+        from kdbench.dryrun import describe_plan
+
+        print(describe_plan(suite, plan, Path(args.results)))
+        return 0
     print(f"suite '{suite.name}' ({suite.source}): {len(plan.teachers)} teacher job(s), {len(plan.runs)} run(s), "
           f"executor {suite.executor.name} -> {Path(args.results) / suite.name}", flush=True)
     for note in plan.refused:
@@ -160,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "$KDBENCH_DATA/<dataset name>)")
     run.add_argument("--no-wait", action="store_true",
                      help="slurm: submit and return; collect later with `python -m kdbench status DIR`")
+    run.add_argument("--dry-run", action="store_true",
+                     help="validate and print the run table, the jobs and the estimated GPU-hours; touch no data")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(func=_cmd_run)
 

@@ -19,6 +19,7 @@ Every problem is reported as one :class:`SuiteError` whose message starts with t
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import dataclasses
 import hashlib
@@ -115,11 +116,17 @@ class TeacherSource:
         _require(self.sha256 is not None and re.fullmatch(r"[0-9a-f]{64}", self.sha256 or "") is not None,
                  f"{key}.sha256", "a checkpoint needs its sha256 (64 hex digits: sha256sum FILE)")
         _require(self.top1 is not None, f"{key}.top1", "a checkpoint needs the top-1 it is expected to reach")
+        if not CHECK_FILES.get():
+            return
         path = Path(self.checkpoint).expanduser()
         _require(path.is_file(), f"{key}.checkpoint", f"teacher checkpoint '{path}' does not exist")
         actual = file_sha256(path)
         _require(actual == self.sha256, f"{key}.sha256",
                  f"'{path}' has sha256 {actual}, not the {self.sha256} the suite expects")
+
+
+CHECK_FILES: contextvars.ContextVar[bool] = contextvars.ContextVar("kdbench_check_files", default=True)
+"""False while validating for ``--dry-run``: data roots and teacher checkpoints are not opened."""
 
 
 def file_sha256(path: Path) -> str:
@@ -166,7 +173,7 @@ class EvalSettings:
 
 EXECUTORS = ("debug", "local", "slurm")
 SLURM_RESOURCE_KEYS = ("partition", "account", "qos", "constraint", "gpus_per_run", "cpus_per_task", "mem_gb",
-                       "timeout_min", "array_parallelism", "max_requeues", "signal_delay_s", "sbatch")
+                       "timeout_min", "array_parallelism", "max_requeues", "signal_delay_s", "sbatch", "hours_per_run")
 
 
 @dataclass(frozen=True)
@@ -202,6 +209,7 @@ class ExecutorSettings:
     wait: bool = True
     max_wait_hours: float = 72.0
     poll_s: float = 5.0
+    hours_per_run: float | None = None  # expected wall hours of one run, for --dry-run's GPU-hour estimate
 
     def check(self, key: str) -> None:
         _require(self.name in EXECUTORS, f"{key}.name",
@@ -240,14 +248,22 @@ class Entry:
     params: dict[str, Any]
     label: str = ""
     train: Recipe | None = None  # a method's own recipe (the suite's train settings, overridden key by key)
+    train_overrides: dict[str, Any] = field(default_factory=dict)  # the keys the method's ``train:`` sets
 
 
 @dataclass(frozen=True)
 class Pair:
-    """A teacher -> student pair of model names."""
+    """A teacher -> student pair of model names; ``train`` overrides the suite's student recipe for this pair
+    (e.g. lr 0.01 for MobileNetV2/ShuffleNet students in the CIFAR protocol); a method's own ``train`` wins."""
 
     teacher: str
     student: str
+    train: dict[str, Any] = field(default_factory=dict)
+
+    def recipe(self, suite_train: Recipe, method: Entry) -> Recipe:
+        """The student recipe of a (pair, method) cell: suite train <- pair train <- method train."""
+        merged = {**dataclasses.asdict(suite_train), **self.train, **method.train_overrides}
+        return build_dataclass(Recipe, merged, "train")
 
 
 @dataclass(frozen=True)
@@ -389,15 +405,21 @@ def _path_str(path: list[str | int]) -> str:
     return out
 
 
-def load_suite(name_or_path: str, overrides: list[str] = ()) -> Suite:
-    """Find, read, merge, override and validate a suite. Raises :class:`SuiteError` on any problem."""
+def load_suite(name_or_path: str, overrides: list[str] = (), check_files: bool = True) -> Suite:
+    """Find, read, merge, override and validate a suite. Raises :class:`SuiteError` on any problem.
+
+    ``check_files=False`` (``--dry-run``) validates everything but does not open the data root or teacher
+    checkpoints."""
     path = find_suite(name_or_path)
     raw = read_raw(path)
+    token = CHECK_FILES.set(check_files)
     try:
         return validate(apply_overrides(raw, list(overrides)), source=str(path))
     except SuiteError as err:
         err.source = err.source or str(path)
         raise
+    finally:
+        CHECK_FILES.reset(token)
 
 
 # --------------------------------------------------------------------------------------------- validation
@@ -533,7 +555,8 @@ def _method_entry(raw: Any, key: str, registry: Any, suite_train: dict[str, Any]
         return entry
     if not isinstance(own, dict):
         raise SuiteError(f"{key}.train", f"expected a mapping, got {own!r}")
-    return dataclasses.replace(entry, train=build_dataclass(Recipe, {**suite_train, **own}, f"{key}.train"))
+    return dataclasses.replace(entry, train=build_dataclass(Recipe, {**suite_train, **own}, f"{key}.train"),
+                               train_overrides=dict(own))
 
 
 def _check_instantiable(entry: Entry, registry: Any, key: str) -> None:
@@ -565,7 +588,8 @@ def validate(raw: dict[str, Any], source: str = "") -> Suite:
     source_cls = dataset_registry.get(dataset.name)
     _check_instantiable(dataset, dataset_registry, "dataset")
     try:
-        source_cls(**dataset.params).check()
+        if CHECK_FILES.get():
+            source_cls(**dataset.params).check()
     except FileNotFoundError as err:
         raise SuiteError("dataset.root" if "root" in dataset.params else "dataset", str(err)) from None
 
@@ -584,6 +608,8 @@ def validate(raw: dict[str, Any], source: str = "") -> Suite:
 
     methods_registry = discover_methods()
     train = build_dataclass(Recipe, raw.get("train"), "train")
+    for i, pair in enumerate(pairs):
+        build_dataclass(Recipe, {**dataclasses.asdict(train), **pair.train}, f"pairs[{i}].train")
     methods = tuple(_method_entry(m, f"methods[{i}]", methods_registry, raw.get("train") or {})
                     for i, m in enumerate(_list(raw, "methods")))
     labels = [m.label for m in methods]
@@ -695,6 +721,7 @@ def expand(suite: Suite) -> Plan:
                     continue
                 if needs.teacher:
                     plan.teachers[t_id] = t_spec
+                recipe = pair.recipe(suite.train, method)
                 for seed in suite.seeds:
                     spec = _jsonable({
                         "role": "student",
@@ -708,8 +735,8 @@ def expand(suite: Suite) -> Plan:
                         "dataset": {"name": suite.dataset.name, "params": suite.dataset.params},
                         "regime": {"name": regime.name, "params": regime.params},
                         "seed": seed,
-                        "epochs": (method.train or suite.train).epochs,
-                        "recipe": dataclasses.asdict(method.train or suite.train),
+                        "epochs": recipe.epochs,
+                        "recipe": dataclasses.asdict(recipe),
                         "eval": dataclasses.asdict(suite.eval),
                     })
                     plan.runs[spec_id(spec)] = spec

@@ -223,7 +223,7 @@ def test_restarting_slurm_daemons_during_a_suite_loses_no_run(tmp_path: Path) ->
 
 
 def test_teacher_overrides_and_sbatch_options_reach_the_submission_script(tmp_path: Path) -> None:
-    suite = vanilla_suite("options", epochs=1, timeout_min=7, mem_gb=1, sbatch={"comment": "kdbench-test"},
+    suite = vanilla_suite("options", epochs=1, timeout_min=7, mem_gb=4, sbatch={"comment": "kdbench-test"},
                           teacher={"timeout_min": 9, "cpus_per_task": 2})
     suite["methods"] = [{"name": "kd"}]
     suite["teacher"] = {"train": {"epochs": 1}}
@@ -235,7 +235,7 @@ def test_teacher_overrides_and_sbatch_options_reach_the_submission_script(tmp_pa
     student_script = next(s for s in scripts.values() if "kdb-options-student" in s)
     assert "--time=9" in teacher_script and "--cpus-per-task=2" in teacher_script
     assert "--time=7" in student_script and "--cpus-per-task=1" in student_script
-    assert "--mem=1024M" in student_script and "--comment=kdbench-test" in student_script
+    assert "--mem=4096M" in student_script and "--comment=kdbench-test" in student_script
     assert json.loads(json.dumps(records(tmp_path / "r" / "options")))  # records are plain JSON
 
 

@@ -183,3 +183,16 @@ def test_executor_settings_do_not_change_run_ids() -> None:
     local = expand(validate(tiny_suite()))
     on_slurm = expand(validate(tiny_suite(executor={"name": "slurm", "partition": "gpu", "cpus_per_task": 4})))
     assert set(local.runs) == set(on_slurm.runs) and set(local.teachers) == set(on_slurm.teachers)
+
+
+def test_a_pair_recipe_overrides_the_suite_and_a_method_recipe_overrides_both() -> None:
+    suite = validate(tiny_suite(
+        pairs=[{"teacher": "kdb_cnn_small", "student": "kdb_cnn_nano", "train": {"lr": 0.01}},
+               {"teacher": "kdb_cnn_small", "student": "kdb_cnn_tiny"}],
+        methods=[{"name": "kd"}, {"name": "mse", "train": {"lr": 0.2}}], regimes=[{"name": "balanced"}]))
+    lrs = {(s["student"], s["label"]): s["recipe"]["lr"] for s in expand(suite).runs.values()}
+    assert lrs == {("kdb_cnn_nano", "kd"): 0.01, ("kdb_cnn_nano", "mse"): 0.2, ("kdb_cnn_tiny", "kd"): 0.05,
+                   ("kdb_cnn_tiny", "mse"): 0.2}
+    with pytest.raises(SuiteError) as err:
+        validate(tiny_suite(pairs=[{"teacher": "kdb_cnn_small", "student": "kdb_cnn_nano", "train": {"lr": "x"}}]))
+    assert err.value.key == "pairs[0].train.lr"
