@@ -26,7 +26,8 @@ def describe_plan(suite: Suite, plan: Plan, results_root: Path) -> str:
     cells: Counter = Counter()
     epochs: dict[tuple[str, str, str], int] = {}
     for spec in plan.runs.values():
-        key = (f"{spec['teacher']} -> {spec['student']}", spec["regime"]["name"], spec["label"])
+        regime = spec["regime"].get("label", spec["regime"]["name"])
+        key = (f"{spec['teacher']} -> {spec['student']}", regime, spec["label"])
         cells[key] += 1
         epochs[key] = spec["epochs"]
     rows = [[*key, n, epochs[key]] for key, n in sorted(cells.items())]

@@ -51,12 +51,13 @@ class Records:
 def _flatten(record: dict[str, Any], path: Path) -> dict[str, Any]:
     spec = record.get("spec", {})
     stability = record.get("stability") or {}
+    regime = spec.get("regime") or {}
     row = {
         "path": str(path.parent), "run_id": record.get("run_id"), "state": record.get("state"),
         "role": spec.get("role"), "method": spec.get("method"), "label": spec.get("label", spec.get("method")),
         "model": spec.get("model"), "student": spec.get("student"), "teacher": spec.get("teacher"),
         "teacher_id": spec.get("teacher_id"), "dataset": (spec.get("dataset") or {}).get("name"),
-        "regime": (spec.get("regime") or {}).get("name"), "seed": spec.get("seed"), "epochs": spec.get("epochs"),
+        "regime": regime.get("label") or regime.get("name"), "seed": spec.get("seed"), "epochs": spec.get("epochs"),
         "error": record.get("error"), "diverged_epoch": stability.get("diverged_epoch"),
         "loss_spikes": stability.get("loss_spikes"), "grad_norm_max": stability.get("grad_norm_max"),
         "nonfinite_events": stability.get("nonfinite_events"),

@@ -593,10 +593,13 @@ def validate(raw: dict[str, Any], source: str = "") -> Suite:
     except FileNotFoundError as err:
         raise SuiteError("dataset.root" if "root" in dataset.params else "dataset", str(err)) from None
 
-    regimes = tuple(_entry(r, f"regimes[{i}]", regime_registry, regime_parameters)
+    regimes = tuple(_entry(r, f"regimes[{i}]", regime_registry, regime_parameters, ("name", "label"))
                     for i, r in enumerate(_list(raw, "regimes")))
     for i, regime in enumerate(regimes):
         _check_instantiable(regime, regime_registry, f"regimes[{i}]")
+        _require([r.label for r in regimes].index(regime.label) == i, f"regimes[{i}].label",
+                 f"'{regime.label}' is used twice; give each {regime.name} regime its own label "
+                 f"(e.g. label: {regime.name}_{i})")
 
     pairs = []
     for i, item in enumerate(_list(raw, "pairs")):
@@ -672,6 +675,14 @@ class Plan:
     refused: list[str] = field(default_factory=list)
 
 
+def _regime_spec(regime: Entry) -> dict[str, Any]:
+    """A regime in a spec: name and parameters, plus its label when the suite gave it one of its own."""
+    spec = {"name": regime.name, "params": regime.params}
+    if regime.label and regime.label != regime.name:
+        spec["label"] = regime.label
+    return spec
+
+
 def teacher_spec(suite: Suite, pair: Pair, regime: Entry) -> dict[str, Any]:
     """The resolved spec of the teacher job a (pair, regime) cell distils from."""
     other = regime_registry.get(regime.name).teacher_regime
@@ -695,7 +706,7 @@ def teacher_spec(suite: Suite, pair: Pair, regime: Entry) -> dict[str, Any]:
         "label": "vanilla",
         "method_params": {},
         "dataset": {"name": suite.dataset.name, "params": suite.dataset.params},
-        "regime": {"name": trained_on.name, "params": trained_on.params},
+        "regime": _regime_spec(trained_on),
         "seed": suite.teacher.seed,
         "epochs": suite.teacher.train.epochs,
         "recipe": dataclasses.asdict(suite.teacher.train),
@@ -733,7 +744,7 @@ def expand(suite: Suite) -> Plan:
                         "label": method.label,
                         "method_params": method.params,
                         "dataset": {"name": suite.dataset.name, "params": suite.dataset.params},
-                        "regime": {"name": regime.name, "params": regime.params},
+                        "regime": _regime_spec(regime),
                         "seed": seed,
                         "epochs": recipe.epochs,
                         "recipe": dataclasses.asdict(recipe),

@@ -20,7 +20,9 @@ def load_published(path: Path = PUBLISHED) -> pd.DataFrame:
 
 def lookup(table: pd.DataFrame, dataset: str, regime: str, teacher: str, student: str, method: str,
            epochs: int | None = None) -> pd.Series | None:
-    """The primary published row for a cell and method (matching epochs when the row states them), or None."""
+    """The primary published row for a cell and method (matching epochs when the row states them), or None.
+    timm pretrained tags are ignored (``resnet34.tv_in1k`` is published as ``resnet34``)."""
+    teacher, student = teacher.split(".")[0], student.split(".")[0]
     rows = table[(table["dataset"] == dataset) & (table["regime"] == regime) & (table["teacher"] == teacher)
                  & (table["student"] == student) & (table["method"] == method) & table["primary"]]
     if epochs is not None:
