@@ -345,10 +345,13 @@ def read_raw(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Mappings merge key by key (recursively); any other value (lists included) replaces the base's."""
+    """Mappings merge key by key (recursively); any other value (lists included) replaces the base's; ``null``
+    removes the inherited key (its default applies again)."""
     merged = copy.deepcopy(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = copy.deepcopy(value)
@@ -637,6 +640,16 @@ def validate(raw: dict[str, Any], source: str = "") -> Suite:
         executor=build_dataclass(ExecutorSettings, raw.get("executor"), "executor"),
         source=source,
     )
+    if not getattr(source_cls, "has_train_labels", True):  # a transfer set: nothing to train a teacher on
+        for i, regime in enumerate(regimes):
+            _require(not regime_registry.get(regime.name).labeled, f"regimes[{i}].name",
+                     f"dataset '{dataset.name}' has no training labels: only the unlabeled regime applies")
+        _require(suite.eval.val_fraction == 0, "eval.val_fraction",
+                 f"dataset '{dataset.name}' has no training labels to hold a validation split out of")
+        for i, pair in enumerate(suite.pairs):
+            _require(pair.teacher in suite.teacher.sources, f"pairs[{i}].teacher",
+                     f"dataset '{dataset.name}' has no labels to train teacher '{pair.teacher}' on: give it a "
+                     f"checkpoint or pretrained weights under teacher.sources")
     teachers = {pair.teacher for pair in suite.pairs}
     for name in suite.teacher.sources:
         _require(name in teachers, f"teacher.sources.{name}",

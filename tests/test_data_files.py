@@ -197,3 +197,60 @@ def test_a_suite_trains_end_to_end_on_the_file_formats(dataset: str, tmp_path: P
                                 eval={"batch_size": 8, "val_fraction": 0.0}))
     summary = dispatch(expand(suite), tmp_path / "results", suite.executor, progress=False)
     assert summary.counts() == {"done": 3}
+
+
+def test_imagenet_lt_lists_define_the_split_and_given_groups_follow_its_counts(tmp_path: Path) -> None:
+    from kdbench.data import regime_registry
+
+    root = write_image_folder(tmp_path / "imagenet", per_class=4)
+    lines = ["train/cat/0.png 0", "train/cat/1.png 0", "train/cat/2.png 0", "train/cat/3.png 0",
+             "train/dog/0.png 1", "train/dog/1.png 1", "train/eel/0.png 2"]
+    (tmp_path / "lt_train.txt").write_text("\n".join(lines) + "\n")
+    (tmp_path / "lt_test.txt").write_text("val/cat/0.png 0\nval/eel/3.png 2\n")
+    source = dataset_registry.get("imagenet")(root=str(root), size=16, resize=20, num_workers=0,
+                                              train_list=str(tmp_path / "lt_train.txt"),
+                                              val_list=str(tmp_path / "lt_test.txt"))
+    splits = source.load()
+    assert splits.num_classes == 3 and len(splits.train) == 7 and splits.test.y.tolist() == [0, 2]
+    assert splits.train.samples[4].endswith("train/dog/0.png")
+    data = regime_registry.get("given")(many_above=3, few_below=2).apply(splits.train.y.numpy(), 3)
+    assert data.class_counts == [4, 2, 1] and data.groups == {"many": [0], "medium": [1], "few": [2]}
+
+
+def test_unlabeled_transfer_set_refuses_labelled_regimes_and_trained_teachers(tmp_path: Path) -> None:
+    root = write_image_folder(tmp_path / "tree")
+    dataset = {"name": "unlabeled_folder", "root": str(root / "train"), "eval_root": str(root / "val"), "size": 16,
+               "resize": 20, "num_workers": 0}
+    with pytest.raises(SuiteError) as err:
+        validate(tiny_suite(dataset=dataset, regimes=[{"name": "balanced"}]))
+    assert err.value.key == "regimes[0].name" and "only the unlabeled regime" in str(err.value)
+    with pytest.raises(SuiteError) as err:
+        validate(tiny_suite(dataset=dataset, regimes=[{"name": "unlabeled"}], methods=[{"name": "kd"}]))
+    assert err.value.key == "pairs[0].teacher" and "teacher.sources" in str(err.value)
+
+
+def test_students_distil_on_an_unlabeled_transfer_set_and_are_tested_on_labelled_images(tmp_path: Path) -> None:
+    from kdbench import store
+    from kdbench.dispatch import dispatch
+    from kdbench.suite import expand
+
+    root = write_image_folder(tmp_path / "tree")
+    labelled = {"name": "image_folder", "root": str(root), "size": 16, "resize": 20, "num_workers": 0}
+    teach = validate(tiny_suite(dataset=labelled, regimes=[{"name": "balanced"}], methods=[{"name": "kd"}],
+                                train={"epochs": 1, "batch_size": 4}, teacher={"train": {"epochs": 1, "batch_size": 4}},
+                                eval={"batch_size": 8}))
+    dispatch(expand(teach), tmp_path / "first", teach.executor, progress=False)
+    (teacher_dir,) = (tmp_path / "first" / "tiny" / "teachers").iterdir()
+    record = store.load_result(teacher_dir)
+    source = {"checkpoint": str(teacher_dir / "weights.pt"), "sha256": record["artifacts"]["weights_sha256"],
+              "top1": record["metrics"]["top1_last"]}
+    transfer = {"name": "unlabeled_folder", "root": str(root / "train"), "eval_root": str(root / "val"),
+                "size": 16, "resize": 20, "num_workers": 0}
+    suite = validate(tiny_suite(dataset=transfer, regimes=[{"name": "unlabeled"}], methods=[{"name": "kd"}],
+                                train={"epochs": 1, "batch_size": 4}, eval={"batch_size": 8},
+                                teacher={"sources": {"kdb_cnn_small": source}}))
+    summary = dispatch(expand(suite), tmp_path / "second", suite.executor, progress=False)
+    assert summary.counts() == {"done": 2}
+    (run_dir,) = (tmp_path / "second" / "tiny" / "runs").iterdir()
+    student = store.load_result(run_dir)
+    assert student["data"]["labeled"] is False and student["data"]["test_size"] == 9

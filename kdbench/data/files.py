@@ -151,3 +151,17 @@ def tar_images(shard: Path) -> list[TarMember]:
     with tarfile.open(shard, "r:") as tar:
         return [TarMember(str(shard), member.offset_data, member.size) for member in tar.getmembers()
                 if member.isfile() and Path(member.name).suffix.lower() in IMAGE_SUFFIXES]
+
+
+def read_list(path: Path, root: Path) -> tuple[list[str], list[int]]:
+    """A split list as ImageNet-LT ships it: one ``<path relative to root> <label>`` per line."""
+    samples, labels = [], []
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+            raise ValueError(f"{path}:{number}: expected '<relative path> <label>', got {line!r}")
+        samples.append(str(root / parts[0]))
+        labels.append(int(parts[1]))
+    return samples, labels

@@ -43,7 +43,17 @@ regime_parameters = init_parameters
 
 
 def _counts(labels: np.ndarray, indices: np.ndarray, num_classes: int) -> list[int]:
-    return np.bincount(labels[indices], minlength=num_classes).astype(int).tolist()
+    known = labels[indices]
+    return np.bincount(known[known >= 0], minlength=num_classes).astype(int).tolist()  # -1: no label at all
+
+
+def frequency_groups(counts: list[int], many_above: int, few_below: int) -> dict[str, list[int]]:
+    """many (> ``many_above`` training images) / medium / few (< ``few_below``) classes, the LT convention."""
+    return {
+        "many": [c for c, n in enumerate(counts) if n > many_above],
+        "medium": [c for c, n in enumerate(counts) if few_below <= n <= many_above],
+        "few": [c for c, n in enumerate(counts) if n < few_below],
+    }
 
 
 @regime_registry.register("balanced")
@@ -90,12 +100,23 @@ class LongTail(Regime):
             chosen.append(rng.permutation(members)[:n])
         indices = np.sort(np.concatenate(chosen))
         counts = _counts(labels, indices, num_classes)
-        groups = {
-            "many": [c for c, n in enumerate(counts) if n > self.many_above],
-            "medium": [c for c, n in enumerate(counts) if self.few_below <= n <= self.many_above],
-            "few": [c for c, n in enumerate(counts) if n < self.few_below],
-        }
-        return RegimeData(indices, True, counts, groups)
+        return RegimeData(indices, True, counts, frequency_groups(counts, self.many_above, self.few_below))
+
+
+@regime_registry.register("given")
+class Given(Regime):
+    """The training split exactly as the dataset defines it (e.g. ImageNet-LT through ``train_list``), with the
+    many/medium/few groups of its own class counts. The teacher trains on the same split."""
+
+    description = "the dataset's own training split (e.g. ImageNet-LT's list), many/medium/few groups"
+
+    def __init__(self, many_above: int = 100, few_below: int = 20) -> None:
+        self.many_above, self.few_below = many_above, few_below
+
+    def apply(self, labels: np.ndarray, num_classes: int) -> RegimeData:
+        indices = np.arange(len(labels))
+        counts = _counts(labels, indices, num_classes)
+        return RegimeData(indices, True, counts, frequency_groups(counts, self.many_above, self.few_below))
 
 
 @regime_registry.register("unlabeled")

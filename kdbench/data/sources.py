@@ -113,6 +113,7 @@ class DataSource:
 
     description: str = ""
     root_required: bool = False
+    has_train_labels: bool = True  # False: a transfer set without labels (only the unlabeled regime applies)
 
     def check(self) -> None:
         """Raise :class:`FileNotFoundError` naming the missing path if the data is not on disk."""
@@ -334,11 +335,13 @@ class ImageFolderSource(DataSource):
     LAYOUT = "<root>/train/<class>/<image> and <root>/val/<class>/<image> (ImageFolder)"
 
     def __init__(self, root: str | None = None, size: int = 224, resize: int = 256, scale_min: float = 0.08,
-                 num_workers: int = 4, train_dir: str = "train", val_dir: str = "val") -> None:
+                 num_workers: int = 4, train_dir: str = "train", val_dir: str = "val", train_list: str | None = None,
+                 val_list: str | None = None) -> None:
         if not 0.0 < scale_min <= 1.0:
             raise ValueError(f"scale_min must be in (0, 1], got {scale_min}")
         self.root, self.size, self.resize, self.scale_min = root, size, resize, scale_min
         self.num_workers, self.train_dir, self.val_dir = num_workers, train_dir, val_dir
+        self.train_list, self.val_list = train_list, val_list
 
     def folders(self) -> tuple[Path, Path]:
         root = data_root(self.root, self.folder_name, self.LAYOUT)
@@ -350,13 +353,24 @@ class ImageFolderSource(DataSource):
 
     def check(self) -> None:
         self.folders()
+        for key in ("train_list", "val_list"):
+            listed = getattr(self, key)
+            if listed is not None and not Path(listed).expanduser().is_file():
+                raise FileNotFoundError(f"{key} '{listed}' does not exist (lines '<path under root> <label>', "
+                                        f"as ImageNet_LT_train.txt)")
 
     def load(self) -> Splits:
-        from kdbench.data.files import FileData, ImageTransforms, scan_image_folder
+        from kdbench.data.files import FileData, ImageTransforms, read_list, scan_image_folder
 
+        self.check()
         train_dir, val_dir = self.folders()
         train_samples, train_labels, classes = scan_image_folder(train_dir)
         val_samples, val_labels, _ = scan_image_folder(val_dir, classes)
+        root = train_dir.parent
+        if self.train_list:  # a fixed split such as ImageNet-LT: the list's images and labels
+            train_samples, train_labels = read_list(Path(self.train_list).expanduser(), root)
+        if self.val_list:
+            val_samples, val_labels = read_list(Path(self.val_list).expanduser(), root)
         transforms = ImageTransforms(size=self.size, resize=self.resize, scale=(self.scale_min, 1.0))
         return Splits(FileData(list(train_samples), torch.as_tensor(train_labels), transforms, self.num_workers),
                       FileData(list(val_samples), torch.as_tensor(val_labels), transforms, self.num_workers),
@@ -369,6 +383,41 @@ class ImageNet(ImageFolderSource):
     (the validation images sorted into class folders, as torchvision's ImageNet and timm expect). Same transforms
     as ``image_folder``; GenDD's ImageNet recipe uses ``scale_min: 0.6``."""
 
-    description = "ImageNet-1k in ImageFolder layout under `root` (train/<wnid>/, val/<wnid>/)"
+    description = "ImageNet-1k in ImageFolder layout under `root` (train/<wnid>/, val/<wnid>/); ImageNet-LT by lists"
     folder_name = "imagenet"
     LAYOUT = "<root>/train/<wnid>/<image>.JPEG and <root>/val/<wnid>/<image>.JPEG (val sorted into class folders)"
+
+
+@dataset_registry.register("unlabeled_folder")
+class UnlabeledFolder(DataSource):
+    """A transfer set without labels (any images under ``root``, or WebDataset ``*.tar`` shards such as CC3M's)
+    for training, and a labelled ImageFolder tree ``eval_root/<class>/`` (e.g. ImageNet's val) for evaluation.
+    Only the ``unlabeled`` regime applies, and every teacher must come from ``teacher.sources``."""
+
+    description = "unlabeled images or tar shards under `root` to train on; labelled ImageFolder `eval_root` to test"
+    root_required = True
+    has_train_labels = False
+    LAYOUT = "<root>/**/<image> or <root>/*.tar (WebDataset shards), and <eval_root>/<class>/<image>"
+
+    def __init__(self, root: str | None = None, eval_root: str | None = None, size: int = 224, resize: int = 256,
+                 scale_min: float = 0.08, num_workers: int = 4) -> None:
+        self.root, self.eval_root, self.size, self.resize = root, eval_root, size, resize
+        self.scale_min, self.num_workers = scale_min, num_workers
+
+    def check(self) -> None:
+        data_root(self.root, "unlabeled_folder", self.LAYOUT)
+        if self.eval_root is None:
+            raise FileNotFoundError(f"unlabeled_folder needs eval_root, a labelled ImageFolder tree ({self.LAYOUT})")
+        data_root(self.eval_root, "unlabeled_folder eval_root", self.LAYOUT)
+
+    def load(self) -> Splits:
+        from kdbench.data.files import FileData, ImageTransforms, scan_image_folder, scan_unlabeled
+
+        self.check()
+        train = scan_unlabeled(data_root(self.root, "unlabeled_folder", self.LAYOUT))
+        test, labels, classes = scan_image_folder(Path(self.eval_root).expanduser())
+        transforms = ImageTransforms(size=self.size, resize=self.resize, scale=(self.scale_min, 1.0))
+        return Splits(FileData(list(train), torch.full((len(train),), -1, dtype=torch.long), transforms,
+                               self.num_workers),
+                      FileData(list(test), torch.as_tensor(labels), transforms, self.num_workers),
+                      num_classes=len(classes))
