@@ -5,6 +5,8 @@ against a minimal hand-written PyTorch loop doing the same training and evaluati
 ``python -m kdbench bench gendd``: GenDD's head training step at the paper's shapes with its achieved FLOP/s
 next to a plain matmul of comparable size, and the predict path's ms/img against the student's forward for
 K = 100, 64, 16, 4 sampling steps. ``python -m kdbench bench report``: aggregation time of 10,000 records.
+``python -m kdbench bench input``: one augmented training epoch of batches (random crop + flip, on the device)
+from the in-memory path against a DataLoader with worker processes and per-image torchvision transforms.
 """
 
 from __future__ import annotations
@@ -210,8 +212,65 @@ def bench_report(records: int = 10_000) -> None:
           f"aggregated and rendered {rendered:.2f} s, total {read + rendered:.2f} s")
 
 
+# --------------------------------------------------------------------------------------------- input
+
+
+def bench_input(dataset: str, root: str | None, batch_size: int, workers: int, repeats: int, threads: int) -> None:
+    """Images/s of one training epoch of input batches (no model): device-resident tensors with on-device
+    crop/flip vs a DataLoader with ``workers`` processes and per-image RandomCrop/flip transforms. The main
+    process uses ``threads`` torch threads (kdbench's local runs use one)."""
+    import numpy as np
+    from torchvision import transforms as T
+
+    from kdbench.data import dataset_registry, train_batches
+    from kdbench.data.sources import Augment, TensorData
+
+    device = _device()
+    torch.set_num_threads(threads)
+    params = {"root": root} if root else {}
+    splits = dataset_registry.get(dataset)(**params).load()
+    data = TensorData(splits.train.x.to(device), splits.train.y.to(device), augment=Augment(pad=4))
+    indices = np.arange(len(data))
+
+    def resident() -> None:
+        for batch in train_batches(data, indices, batch_size, labeled=True, seed=0, epoch=0, device=device):
+            batch.x.sum()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    class PerImage(torch.utils.data.Dataset):
+        def __init__(self) -> None:
+            self.x, self.y = splits.train.x, splits.train.y
+            size = self.x.shape[-1]
+            self.transform = T.Compose([T.RandomCrop(size, padding=4), T.RandomHorizontalFlip()])
+
+        def __len__(self) -> int:
+            return len(self.y)
+
+        def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.transform(self.x[i]), self.y[i]
+
+    loader = torch.utils.data.DataLoader(PerImage(), batch_size=batch_size, shuffle=True, num_workers=workers,
+                                         pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+
+    def dataloader() -> None:
+        for x, _ in loader:
+            x.to(device, non_blocking=True).sum()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    fast = time_call(resident, device, warmup=1, repeats=repeats, budget_s=0.0, min_repeats=repeats)
+    slow = time_call(dataloader, device, warmup=1, repeats=repeats, budget_s=0.0, min_repeats=repeats)
+    n = len(data)
+    print(f"input pipeline, {dataset} ({n} training images, batch {batch_size}, crop pad 4 + flip) on "
+          f"{_device_name(device)}")
+    print(f"  device-resident tensors, on-device augmentation: {n / fast:12,.0f} img/s  ({fast:.3f} s/epoch)")
+    print(f"  DataLoader, {workers} workers, per-image transforms: {n / slow:12,.0f} img/s  ({slow:.3f} s/epoch)")
+    print(f"  ratio: {slow / fast:.1f}x faster (median of {repeats})")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m kdbench bench overhead|gendd|report``."""
+    """``python -m kdbench bench overhead|gendd|report|input``."""
     parser = argparse.ArgumentParser(prog="python -m kdbench bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
     overhead = sub.add_parser("overhead", help="harness epoch vs a hand-written loop (ratio)")
@@ -231,8 +290,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     gendd.add_argument("--samples", type=int, default=5)
     report = sub.add_parser("report", help="time to aggregate N fabricated records")
     report.add_argument("--records", type=int, default=10_000)
+    inp = sub.add_parser("input", help="device-resident augmented batches vs a DataLoader (img/s, ratio)")
+    inp.add_argument("--dataset", default="fashion_mnist", help="fashion_mnist (Debian package) or digits")
+    inp.add_argument("--root", default=None)
+    inp.add_argument("--batch", type=int, default=128)
+    inp.add_argument("--workers", type=int, default=2)
+    inp.add_argument("--repeats", type=int, default=3)
+    inp.add_argument("--threads", type=int, default=1, help="torch threads of the main process")
     args = parser.parse_args(argv)
-    if args.what == "overhead":
+    if args.what == "input":
+        bench_input(args.dataset, args.root, args.batch, args.workers, args.repeats, args.threads)
+    elif args.what == "overhead":
         bench_overhead(args.repeats, args.student)
     elif args.what == "gendd":
         bench_gendd(args.batch, args.teacher_dim, args.student_dim, args.mul, args.width, args.depth, args.student,

@@ -73,18 +73,18 @@ def crop_flip(x: torch.Tensor, augment: Augment, generator: torch.Generator | No
     """Random crop of each image after zero padding by ``augment.pad``, then a random horizontal flip.
 
     Offsets and flips are drawn on the CPU from ``generator`` (so the result is the same on any device) and
-    applied with one gather on ``x``'s device.
+    applied with two gathers (rows, then columns) on ``x``'s device.
     """
-    n, _, h, w = x.shape
+    n, c, h, w = x.shape
     pad = augment.pad
     if pad:
         dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
         dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
         padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-        rows = (dy[:, None] + torch.arange(h)[None]).to(x.device)  # (n, h)
+        rows = (dy[:, None] + torch.arange(h)[None]).to(x.device)  # (n, h): the rows each image keeps
         cols = (dx[:, None] + torch.arange(w)[None]).to(x.device)  # (n, w)
-        batch = torch.arange(n, device=x.device)[:, None, None]
-        x = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+        x = torch.gather(padded, 2, rows[:, None, :, None].expand(n, c, h, w + 2 * pad))
+        x = torch.gather(x, 3, cols[:, None, None, :].expand(n, c, h, w))
     if augment.flip:
         flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
         x = torch.where(flip[:, None, None, None], x.flip(3), x)
