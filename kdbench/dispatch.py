@@ -26,23 +26,46 @@ from kdbench.suite import ExecutorSettings, Plan
 
 class RunTask(submitit.helpers.Checkpointable):
     """The callable a job runs: execute (or resume) one run directory. Keeps no state but the path, so a
-    requeued job resumes from the run's own checkpoint."""
+    requeued job resumes from the run's own checkpoint. With several SLURM tasks (one per GPU) every task joins
+    one process group; locally, ``processes`` > 1 spawns that many gloo/NCCL processes."""
 
-    def __init__(self, run_dir: str, threads: int = 1, fail_job: bool = False) -> None:
+    def __init__(self, run_dir: str, threads: int = 1, fail_job: bool = False, processes: int = 1) -> None:
         self.run_dir = str(run_dir)
         self.threads = threads
         self.fail_job = fail_job  # SLURM: a failed run fails its job, so runs that depend on it are cancelled
+        self.processes = processes
 
     def __call__(self) -> dict[str, Any]:
         import torch
 
+        from kdbench.engine import distributed
         from kdbench.runner import execute
 
         torch.set_num_threads(self.threads)
-        record = execute(Path(self.run_dir))
+        if int(os.environ.get("SLURM_NTASKS", "1")) > 1:  # submitit started one task per GPU
+            submitit.helpers.TorchDistributedEnvironment().export()
+            distributed.init_from_env()
+            try:
+                record = execute(Path(self.run_dir))
+            finally:
+                distributed.shutdown()
+        elif self.processes > 1:
+            distributed.launch_local(_execute_rank, (self.run_dir, self.threads), self.processes)
+            record = store.load_result(Path(self.run_dir)) or {"run_id": Path(self.run_dir).name, "state": "failed"}
+        else:
+            record = execute(Path(self.run_dir))
         if record["state"] == "failed" and self.fail_job:
             raise RunFailedError(f"run {record['run_id']} failed: {record.get('error', '')}")
         return {"run_id": record["run_id"], "state": record["state"]}
+
+
+def _execute_rank(run_dir: str, threads: int) -> None:
+    import torch
+
+    from kdbench.runner import execute
+
+    torch.set_num_threads(threads)
+    execute(Path(run_dir))
 
 
 class SubmissionError(RuntimeError):
@@ -212,7 +235,8 @@ def _dispatch_local(plan: Plan, root: Path, settings: ExecutorSettings, queue: l
                         progressed = True
                         continue
                 queue.remove(run_id)
-                job = executor.submit(RunTask(str(collector.dirs[run_id]), settings.threads_per_worker))
+                job = executor.submit(RunTask(str(collector.dirs[run_id]), settings.threads_per_worker,
+                                              processes=settings.processes()))
                 running[run_id] = (job, time.monotonic())
                 progressed = True
                 if settings.name == "debug":
@@ -241,7 +265,8 @@ def _submit_array(settings: ExecutorSettings, root: Path, kind: str, run_ids: li
         return {}
     folder = root / ".submitit"
     executor = slurm.slurm_executor(settings, folder, kind, dependency, job_name=f"kdb-{root.name}")
-    threads = settings.for_kind(kind).cpus_per_task
+    resources = settings.for_kind(kind)
+    threads = max(1, resources.cpus_per_task // resources.processes())
     try:
         with executor.batch():
             jobs = [executor.submit(RunTask(str(dirs[run_id]), threads, fail_job=True)) for run_id in run_ids]

@@ -21,6 +21,7 @@ from kdbench.data.regimes import RegimeData, hold_out
 from kdbench.engine import (
     FitOutcome,
     TrainState,
+    distributed,
     evaluate,
     fit,
     phases_of,
@@ -105,6 +106,9 @@ def execute(run_dir: Path, log: Callable[[str], None] = _print) -> dict[str, Any
     """Run (or resume) the run in ``run_dir`` and return its record. Never leaves a run without a record
     unless the process itself is killed (then the next call resumes from the checkpoint)."""
     run_dir = Path(run_dir)
+    if not distributed.is_main():  # data-parallel ranks > 0 train beside rank 0 and write nothing
+        spec = store.read_json(run_dir / store.SPEC)
+        return {"run_id": run_dir.name, "spec": spec, **_execute(run_dir, spec, lambda message: None)}
     with store.run_lock(run_dir, timeout_s=24 * 3600):
         existing = store.load_result(run_dir) if (run_dir / store.RESULT).exists() else None
         if existing and existing.get("state") in store.FINISHED_STATES:
@@ -121,6 +125,7 @@ def execute(run_dir: Path, log: Callable[[str], None] = _print) -> dict[str, Any
                   "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_seconds": time.time() - began,
                   **record}
         record.setdefault("env", environment("cpu"))
+        record["env"]["world_size"] = distributed.world_size()
         store.atomic_write_json(run_dir / store.RESULT, record)
         return record
 
@@ -222,7 +227,7 @@ def pretrained_network(name: str, num_classes: int, in_chans: int, img_size: int
 def _execute(run_dir: Path, spec: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
     if spec["role"] == "teacher" and spec.get("source"):
         return _verify_teacher(run_dir, spec, log)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = distributed.device()
     splits, regime_data, val = _data(spec)
     shape = {"num_classes": splits.num_classes, "in_chans": splits.in_chans, "img_size": splits.img_size}
     seed_everything(spec["seed"])
@@ -244,13 +249,14 @@ def _execute(run_dir: Path, spec: dict[str, Any], log: Callable[[str], None]) ->
     outcome = fit(ts)
 
     artifacts = {}
-    if spec["role"] == "teacher" and outcome.state == "done":
+    main = distributed.is_main()
+    if main and spec["role"] == "teacher" and outcome.state == "done":
         weights = run_dir / store.WEIGHTS
         save_checkpoint(weights, {k: v.cpu() for k, v in student.state_dict().items()})
         artifacts = {"weights": store.WEIGHTS, "weights_sha256": sha256_file(weights)}
     cost = _training_cost(spec, outcome, method, student, teacher, regime_data)
     extra_evaluations = {}
-    if outcome.state == "done":
+    if main and outcome.state == "done":  # timings: rank 0 alone, on its own device
         example = next(eval_batches(splits.test, spec["eval"]["batch_size"], device))[0]
         method.eval()
         cost.update(inference_cost(student, lambda x, out: method.predict(x, out, final=True), example,
@@ -259,6 +265,8 @@ def _execute(run_dir: Path, spec: dict[str, Any], log: Callable[[str], None]) ->
         for name, evaluation in outcome.extra.items():
             timing = inference_cost(student, predictors[name], example, batch_sizes=(1,))
             extra_evaluations[name] = {**evaluation.as_metrics(), **timing}
+    elif outcome.state == "done":
+        extra_evaluations = {name: evaluation.as_metrics() for name, evaluation in outcome.extra.items()}
     cost["peak_memory_mb"] = peak_memory_mb(device)
     extras = method.extras()
     cost.update(extras.get("cost", {}))

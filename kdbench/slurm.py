@@ -33,7 +33,8 @@ def slurm_executor(settings: ExecutorSettings, folder: Path, kind: str, dependen
     params: dict[str, Any] = {
         "job_name": f"{job_name}-{kind}",
         "time": int(resources.timeout_min),
-        "cpus_per_task": resources.cpus_per_task,
+        "cpus_per_task": max(1, resources.cpus_per_task // resources.processes()),
+        "ntasks_per_node": resources.processes(),  # one task per GPU; the tasks form one process group
         "array_parallelism": resources.array_parallelism,
         "signal_delay_s": resources.signal_delay_s,
         "stderr_to_stdout": False,

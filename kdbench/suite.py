@@ -173,7 +173,8 @@ class EvalSettings:
 
 EXECUTORS = ("debug", "local", "slurm")
 SLURM_RESOURCE_KEYS = ("partition", "account", "qos", "constraint", "gpus_per_run", "cpus_per_task", "mem_gb",
-                       "timeout_min", "array_parallelism", "max_requeues", "signal_delay_s", "sbatch", "hours_per_run")
+                       "timeout_min", "array_parallelism", "max_requeues", "signal_delay_s", "sbatch", "hours_per_run",
+                       "processes_per_run")
 
 
 @dataclass(frozen=True)
@@ -210,6 +211,11 @@ class ExecutorSettings:
     max_wait_hours: float = 72.0
     poll_s: float = 5.0
     hours_per_run: float | None = None  # expected wall hours of one run, for --dry-run's GPU-hour estimate
+    processes_per_run: int = 0  # data-parallel processes of one run; 0 = one per GPU (gpus_per_run), at least 1
+
+    def processes(self) -> int:
+        """How many data-parallel processes train one run (SLURM tasks, or local processes over gloo)."""
+        return self.processes_per_run or max(1, self.gpus_per_run)
 
     def check(self, key: str) -> None:
         _require(self.name in EXECUTORS, f"{key}.name",
@@ -225,6 +231,7 @@ class ExecutorSettings:
         _require(self.signal_delay_s >= 0, f"{key}.signal_delay_s", "must be >= 0")
         _require(self.max_wait_hours > 0, f"{key}.max_wait_hours", "must be > 0")
         _require(self.poll_s > 0, f"{key}.poll_s", "must be > 0")
+        _require(self.processes_per_run >= 0, f"{key}.processes_per_run", "must be >= 0")
         for name in self.teacher:
             _require(name in SLURM_RESOURCE_KEYS, f"{key}.teacher.{name}",
                      f"unknown key '{name}' (teacher jobs may override: {', '.join(SLURM_RESOURCE_KEYS)})")

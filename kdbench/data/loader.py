@@ -26,13 +26,17 @@ def train_batches(data: TensorData | Any, indices: np.ndarray, batch_size: int, 
                   epoch: int, device: torch.device | str = "cpu") -> Iterator[Batch]:
     """Shuffled training batches of ``indices``; labels are withheld (``y=None``) when ``labeled`` is False.
 
-    The last partial batch is kept unless it holds a single image (batch norm cannot train on one).
+    ``batch_size`` is the global batch: under data-parallel training every rank draws the same order and takes
+    its slice of each batch. The last partial batch is kept unless it cannot give every rank two images (batch
+    norm cannot train on one).
     """
+    from kdbench.engine.distributed import min_batch, shard
+
     index = torch.as_tensor(indices, dtype=torch.long)
     generator = epoch_generator(seed, epoch)
     order = index[torch.randperm(len(index), generator=generator)]
     chunks = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
-    chunks = [chunk for chunk in chunks if len(chunk) >= 2 or len(order) == 1]
+    chunks = [shard(chunk) for chunk in chunks if len(chunk) >= min_batch() or len(order) == 1]
     if isinstance(data, TensorData):
         for chunk in chunks:
             x = data.to_input(data.x[chunk].to(device, non_blocking=True), train=True, generator=generator)
@@ -46,8 +50,13 @@ def train_batches(data: TensorData | Any, indices: np.ndarray, batch_size: int, 
 
 def eval_batches(data: TensorData | Any, batch_size: int,
                  device: torch.device | str = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The whole split in order, as ``(x, y)`` model-input batches."""
-    chunks = [torch.arange(start, min(start + batch_size, len(data))) for start in range(0, len(data), batch_size)]
+    """The whole split in order, as ``(x, y)`` model-input batches (this rank's slice of each under
+    data-parallel evaluation; the counts are summed across ranks by the caller)."""
+    from kdbench.engine.distributed import shard
+
+    chunks = [shard(torch.arange(start, min(start + batch_size, len(data))))
+              for start in range(0, len(data), batch_size)]
+    chunks = [chunk for chunk in chunks if len(chunk)]
     if isinstance(data, TensorData):
         for chunk in chunks:
             yield data.to_input(data.x[chunk].to(device)), data.y[chunk].to(device)

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from kdbench.data import RegimeData, TensorData, eval_batches, train_batches
+from kdbench.engine import distributed
 from kdbench.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from kdbench.engine.recipe import build_optimizer, build_scheduler, steps_per_epoch
 from kdbench.method import LossFn, Method
@@ -66,6 +67,10 @@ def evaluate(student: Network, predict: Predict, data: TensorData, batch_size: i
         total += len(y)
         per_class_correct += torch.bincount(y.cpu(), weights=hit1.double(), minlength=num_classes)
         per_class_total += torch.bincount(y.cpu(), minlength=num_classes).double()
+    counts = distributed.sum_across(torch.tensor([correct1, correct5, probe_correct, total], dtype=torch.float64))
+    correct1, correct5, probe_correct, total = (float(v) for v in counts)
+    per_class_correct = distributed.sum_across(per_class_correct)
+    per_class_total = distributed.sum_across(per_class_total)
     per_class = per_class_correct / per_class_total.clamp(min=1)
     group_acc = {name: float(per_class[classes].mean() * 100) for name, classes in (groups or {}).items()
                  if classes}
@@ -167,13 +172,14 @@ def _train_epoch(ts: TrainState, phase: Phase, optimizer: torch.optim.Optimizer,
         terms = phase.losses(batch, s, t)
         stacked = torch.stack(list(terms.values()))
         loss = stacked.sum()
-        value = float(loss.detach())
+        value = distributed.mean_across(float(loss.detach()))  # every rank takes the same divergence decision
         if not math.isfinite(value):
             return {}, f"non-finite loss {value} at step {done + 1}"
         if value > phase.recipe["diverge_above"]:
             return {}, f"loss {value:.4g} at step {done + 1} above the bound {phase.recipe['diverge_above']:g}"
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(params)
         grads = [p.grad for p in params if p.grad is not None]
         norm = torch.nn.utils.get_total_norm(grads)
         if clip:
@@ -192,6 +198,8 @@ def _train_epoch(ts: TrainState, phase: Phase, optimizer: torch.optim.Optimizer,
             names, totals = list(terms), torch.zeros(len(terms) + 1, device=ts.device)
         totals += torch.cat([stacked.detach(), loss.detach()[None]])
         done += 1
+    if totals is not None:
+        totals = distributed.sum_across(totals) / distributed.world_size()
     values = totals.tolist() if totals is not None else []
     means = {f"train_{k}": v / max(1, done) for k, v in zip([*(names or []), "loss"], values, strict=False)}
     means.update(grad_norm_max=grad_norm_max, loss_spikes=spikes, nonfinite_grads=nonfinite_grads)
@@ -226,7 +234,9 @@ def fit(ts: TrainState) -> FitOutcome:
         history, start_phase = list(resume["history"]), int(resume["phase"])
         resumes = [*resume.get("resumes", []), {"phase": phases[start_phase].name, "epoch": int(resume["epoch"])}]
         ts.log(f"resumed from {phases[start_phase].name} epoch {resume['epoch']} ({ckpt_path})")
-    atomic_write_jsonl(metrics_path, history)  # drop lines written after the checkpoint we resume from
+    main = distributed.is_main()  # under data-parallel training only rank 0 writes
+    if main:
+        atomic_write_jsonl(metrics_path, history)  # drop lines written after the checkpoint we resume from
     for index in range(start_phase, len(phases)):
         phase = phases[index]
         phase_steps = steps_per_epoch(len(ts.regime.indices), phase.recipe["batch_size"])
@@ -258,12 +268,13 @@ def fit(ts: TrainState) -> FitOutcome:
             line = {"phase": phase.name, "epoch": epoch + 1, "lr": lr, **train_metrics, **result.as_metrics(),
                     "train_seconds": train_seconds, "eval_seconds": time.perf_counter() - began - train_seconds}
             history.append(line)
-            if phase.main and ts.method.final_predict_differs and result.top1 > best_so_far:
+            if main and phase.main and ts.method.final_predict_differs and result.top1 > best_so_far:
                 save_checkpoint(best_path, {"epoch": epoch + 1, **_state(ts)})
-            atomic_write_jsonl(metrics_path, history)
-            save_checkpoint(ckpt_path, {"phase": index, "epoch": epoch + 1, **_state(ts),
-                                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                        "rng": rng_state(), "history": history, "resumes": resumes})
+            if main:
+                atomic_write_jsonl(metrics_path, history)
+                save_checkpoint(ckpt_path, {"phase": index, "epoch": epoch + 1, **_state(ts),
+                                            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                            "rng": rng_state(), "history": history, "resumes": resumes})
             ts.log(f"{phase.name} epoch {epoch + 1:>3}/{epochs}  loss {line.get('train_loss', float('nan')):.4f}  "
                    f"top1 {result.top1:6.2f}  lr {lr:.3g}  {train_seconds:.2f}s")
     outcome = FitOutcome("done", history, resumes=resumes)
@@ -273,12 +284,13 @@ def fit(ts: TrainState) -> FitOutcome:
                                        ts.device)
         ts.log(f"extra evaluation {name}: top1 {outcome.extra[name].top1:.2f}")
     if ts.method.final_predict_differs:
-        main = phases[-1]
-        outcome.final["last"] = _eval(ts, main, final=True)
+        last_phase = phases[-1]
+        outcome.final["last"] = _eval(ts, last_phase, final=True)
+        distributed.barrier()  # rank 0 wrote the best checkpoint
         best = load_checkpoint(best_path)
         ts.student.load_state_dict(best["student"])
         ts.method.load_state_dict(best["method"])
-        outcome.final["best"] = _eval(ts, main, final=True)
+        outcome.final["best"] = _eval(ts, last_phase, final=True)
         ts.log(f"final evaluation: last {outcome.final['last'].top1:.2f}, best (epoch {best['epoch']}) "
                f"{outcome.final['best'].top1:.2f}")
     return outcome

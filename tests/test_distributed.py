@@ -1,0 +1,54 @@
+"""Data-parallel training: 2 gloo processes on CPU train one run with the same loop, sharded batches and averaged
+gradients; only rank 0 writes; the record means what a 1-process record means."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from conftest import tiny_suite
+
+from kdbench import store
+from kdbench.dispatch import dispatch
+from kdbench.engine import distributed
+from kdbench.suite import expand, validate
+
+
+def _run(tmp_path: Path, processes: int, method: str = "kd") -> dict:
+    suite = validate(tiny_suite(regimes=[{"name": "balanced"}], methods=[{"name": method}],
+                                train={"epochs": 2, "batch_size": 32, "lr": 0.05},
+                                executor={"name": "local", "workers": 1, "processes_per_run": processes}))
+    summary = dispatch(expand(suite), tmp_path, suite.executor, progress=False)
+    assert summary.counts() == {"done": 2}, summary.states
+    (run_dir,) = (tmp_path / "tiny" / "runs").iterdir()
+    return {"record": store.load_result(run_dir), "dir": run_dir}
+
+
+def test_two_gloo_processes_train_one_run_with_the_same_record_semantics(tmp_path: Path) -> None:
+    single = _run(tmp_path / "one", 1)
+    double = _run(tmp_path / "two", 2)
+    one, two = single["record"], double["record"]
+    assert one["run_id"] == two["run_id"]  # the spec (global batch 32) is the same; the world size is recorded
+    assert (one["env"]["world_size"], two["env"]["world_size"]) == (1, 2)
+    assert set(one["metrics"]) == set(two["metrics"]) and two["state"] == "done"
+    assert 0.0 <= two["metrics"]["top1_last"] <= 100.0
+    lines = store.read_jsonl(double["dir"] / store.METRICS)
+    assert [line["epoch"] for line in lines] == [1, 2]  # one writer: no line twice
+    # the evaluation covered the whole test split (counts summed over both ranks), not one rank's half
+    assert two["data"]["test_size"] == 48
+    assert abs(lines[-1]["top1"] * 48 / 100 - round(lines[-1]["top1"] * 48 / 100)) < 1e-6
+
+
+def _check_collectives(expected_world: int) -> None:
+    assert distributed.world_size() == expected_world
+    r = distributed.rank()
+    grad = torch.nn.Parameter(torch.zeros(3))
+    grad.grad = torch.full((3,), float(r + 1))
+    distributed.average_gradients([grad])
+    assert torch.allclose(grad.grad, torch.full((3,), 1.5))
+    assert distributed.shard(torch.arange(5)).tolist() == ([0, 2, 4] if r == 0 else [1, 3])
+    assert distributed.mean_across(float(r)) == 0.5
+
+
+def test_collectives_average_gradients_and_shard_batches() -> None:
+    distributed.launch_local(_check_collectives, (2,), nprocs=2)
