@@ -42,6 +42,7 @@ class RunTask(submitit.helpers.Checkpointable):
         from kdbench.runner import execute
 
         torch.set_num_threads(self.threads)
+        processes = getattr(self, "processes", 1)  # a task pickled by an older kdbench (queued across an upgrade)
         if int(os.environ.get("SLURM_NTASKS", "1")) > 1:  # submitit started one task per GPU
             submitit.helpers.TorchDistributedEnvironment().export()
             distributed.init_from_env()
@@ -49,12 +50,12 @@ class RunTask(submitit.helpers.Checkpointable):
                 record = execute(Path(self.run_dir))
             finally:
                 distributed.shutdown()
-        elif self.processes > 1:
-            distributed.launch_local(_execute_rank, (self.run_dir, self.threads), self.processes)
+        elif processes > 1:
+            distributed.launch_local(_execute_rank, (self.run_dir, self.threads), processes)
             record = store.load_result(Path(self.run_dir)) or {"run_id": Path(self.run_dir).name, "state": "failed"}
         else:
             record = execute(Path(self.run_dir))
-        if record["state"] == "failed" and self.fail_job:
+        if record["state"] == "failed" and getattr(self, "fail_job", False):
             raise RunFailedError(f"run {record['run_id']} failed: {record.get('error', '')}")
         return {"run_id": record["run_id"], "state": record["state"]}
 
