@@ -6,7 +6,6 @@ an interrupted one resumes from its checkpoint, and every ending (done, diverged
 
 from __future__ import annotations
 
-import hashlib
 import time
 import traceback
 from collections.abc import Callable
@@ -34,19 +33,11 @@ from kdbench.measure import inference_cost, peak_memory_mb
 from kdbench.method import Method, discover_methods
 from kdbench.models import Network, count_parameters, create_network
 from kdbench.models.network import check_taps
+from kdbench.store import sha256_file
 
 
 class TeacherNotReadyError(RuntimeError):
     """The teacher a student run needs has no finished record or its weights do not match the record."""
-
-
-def sha256_file(path: Path) -> str:
-    """SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def teacher_dir_for(run_dir: Path, teacher_id: str) -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import tempfile
@@ -30,6 +31,15 @@ METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.pt"
 WEIGHTS = "weights.pt"
 SUITE = "suite.json"
+
+
+def sha256_file(path: Path) -> str:
+    """SHA-256 of a file's bytes (read in 1 MiB blocks): how teacher weights and checkpoints are identified."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

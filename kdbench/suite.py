@@ -120,22 +120,15 @@ class TeacherSource:
             return
         path = Path(self.checkpoint).expanduser()
         _require(path.is_file(), f"{key}.checkpoint", f"teacher checkpoint '{path}' does not exist")
-        actual = file_sha256(path)
+        from kdbench.store import sha256_file
+
+        actual = sha256_file(path)
         _require(actual == self.sha256, f"{key}.sha256",
                  f"'{path}' has sha256 {actual}, not the {self.sha256} the suite expects")
 
 
 CHECK_FILES: contextvars.ContextVar[bool] = contextvars.ContextVar("kdbench_check_files", default=True)
 """False while validating for ``--dry-run``: data roots and teacher checkpoints are not opened."""
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
