@@ -19,6 +19,7 @@ from kdbench.data import TensorData, dataset_registry, eval_batches, regime_regi
 from kdbench.data.regimes import RegimeData, hold_out
 from kdbench.engine import (
     FitOutcome,
+    Precision,
     TrainState,
     distributed,
     evaluate,
@@ -230,13 +231,15 @@ def _execute(run_dir: Path, spec: dict[str, Any], log: Callable[[str], None]) ->
             check_taps(network, example_input)
     method = discover_methods().get(spec["method"])(student, teacher, num_classes=splits.num_classes,
                                                      **spec["method_params"])
+    precision = Precision.resolve(spec.get("runtime"), device)
     for module in (student, method, teacher):
         if module is not None:
-            module.to(device)
+            precision.model(module.to(device))
     prefix = f"[{spec['role']} {spec['label']} {spec['regime']['name']} seed {spec['seed']} {run_dir.name}]"
     ts = TrainState(student=student, teacher=teacher, method=method, train=splits.train, regime=regime_data,
                     test=splits.test, val=val, recipe=spec["recipe"], eval_batch_size=spec["eval"]["batch_size"],
-                    seed=spec["seed"], device=device, run_dir=run_dir, log=lambda msg: log(f"{prefix} {msg}"))
+                    seed=spec["seed"], device=device, run_dir=run_dir, log=lambda msg: log(f"{prefix} {msg}"),
+                    precision=precision)
     outcome = fit(ts)
 
     artifacts = {}
@@ -272,6 +275,7 @@ def _execute(run_dir: Path, spec: dict[str, Any], log: Callable[[str], None]) ->
                  "val_size": len(val) if val is not None else 0, "labeled": regime_data.labeled,
                  "class_counts": regime_data.class_counts, "groups": regime_data.groups,
                  "synthetic": spec["dataset"]["name"] == "synthetic"},
+        "precision": {"amp_bf16": precision.amp, "channels_last": precision.channels_last},
         "cost": cost,
         "artifacts": artifacts,
         "env": environment(device),

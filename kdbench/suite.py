@@ -205,6 +205,8 @@ class ExecutorSettings:
     poll_s: float = 5.0
     hours_per_run: float | None = None  # expected wall hours of one run, for --dry-run's GPU-hour estimate
     processes_per_run: int = 0  # data-parallel processes of one run; 0 = one per GPU (gpus_per_run), at least 1
+    amp: str = "auto"  # bf16 autocast: auto (on for GPUs), on, off
+    channels_last: str = "auto"  # channels-last memory format: auto (on for GPUs), on, off
 
     def processes(self) -> int:
         """How many data-parallel processes train one run (SLURM tasks, or local processes over gloo)."""
@@ -225,6 +227,9 @@ class ExecutorSettings:
         _require(self.max_wait_hours > 0, f"{key}.max_wait_hours", "must be > 0")
         _require(self.poll_s > 0, f"{key}.poll_s", "must be > 0")
         _require(self.processes_per_run >= 0, f"{key}.processes_per_run", "must be >= 0")
+        for name in ("amp", "channels_last"):
+            _require(getattr(self, name) in ("auto", "on", "off"), f"{key}.{name}",
+                     f"must be auto, on or off, got {getattr(self, name)!r}")
         for name in self.teacher:
             _require(name in SLURM_RESOURCE_KEYS, f"{key}.teacher.{name}",
                      f"unknown key '{name}' (teacher jobs may override: {', '.join(SLURM_RESOURCE_KEYS)})")
@@ -672,6 +677,7 @@ def spec_id(spec: dict[str, Any]) -> str:
     """Run id: the first 12 hex digits of the SHA-256 of the canonical JSON of the resolved spec."""
     hashed = _jsonable(spec)
     hashed.get("dataset", {}).get("params", {}).pop("root", None)  # where the data sits is not what it is
+    hashed.pop("runtime", None)  # how it is computed (bf16, memory format) is recorded, not part of what it is
     if isinstance(hashed.get("source"), dict):
         hashed["source"].pop("checkpoint", None)  # nor where a checkpoint sits: its sha256 says what it is
     canonical = json.dumps(hashed, sort_keys=True, separators=(",", ":"))
@@ -686,6 +692,11 @@ class Plan:
     teachers: dict[str, dict[str, Any]] = field(default_factory=dict)
     runs: dict[str, dict[str, Any]] = field(default_factory=dict)
     refused: list[str] = field(default_factory=list)
+
+
+def _runtime(suite: Suite) -> dict[str, str]:
+    """How a run's tensors are computed (kept in its spec, left out of its id)."""
+    return {"amp": suite.executor.amp, "channels_last": suite.executor.channels_last}
 
 
 def _regime_spec(regime: Entry) -> dict[str, Any]:
@@ -709,7 +720,7 @@ def teacher_spec(suite: Suite, pair: Pair, regime: Entry) -> dict[str, Any]:
             "source": dataclasses.asdict(source),
             "dataset": {"name": suite.dataset.name, "params": suite.dataset.params},
             "regime": {"name": "balanced", "params": {}}, "seed": suite.teacher.seed, "epochs": 0,
-            "recipe": None, "eval": dataclasses.asdict(suite.eval)})
+            "recipe": None, "eval": dataclasses.asdict(suite.eval), "runtime": _runtime(suite)})
     return _jsonable({
         "role": "teacher",
         "model": pair.teacher,
@@ -724,6 +735,7 @@ def teacher_spec(suite: Suite, pair: Pair, regime: Entry) -> dict[str, Any]:
         "epochs": suite.teacher.train.epochs,
         "recipe": dataclasses.asdict(suite.teacher.train),
         "eval": dataclasses.asdict(suite.eval),
+        "runtime": _runtime(suite),
     })
 
 
@@ -762,6 +774,7 @@ def expand(suite: Suite) -> Plan:
                         "epochs": recipe.epochs,
                         "recipe": dataclasses.asdict(recipe),
                         "eval": dataclasses.asdict(suite.eval),
+                        "runtime": _runtime(suite),
                     })
                     plan.runs[spec_id(spec)] = spec
     return plan

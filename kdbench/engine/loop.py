@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 import time
@@ -45,10 +46,42 @@ class Evaluation:
         return out
 
 
+@dataclass(frozen=True)
+class Precision:
+    """How tensors are computed: bf16 autocast (``amp``) and the channels-last memory format for 4-D inputs.
+    Both are on by default on GPUs (``executor.amp`` / ``executor.channels_last``: auto, on, off)."""
+
+    amp: bool = False
+    channels_last: bool = False
+
+    @classmethod
+    def resolve(cls, runtime: dict[str, Any] | None, device: torch.device) -> Precision:
+        """``auto`` means on for CUDA devices, off elsewhere."""
+        runtime = runtime or {}
+
+        def choice(name: str) -> bool:
+            value = runtime.get(name, "auto")
+            return device.type == "cuda" if value == "auto" else value == "on"
+
+        return cls(amp=choice("amp"), channels_last=choice("channels_last"))
+
+    def autocast(self, device: torch.device | str) -> Any:
+        """The autocast context for a forward pass (a no-op context when ``amp`` is off)."""
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=self.amp)
+
+    def input(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch in the chosen memory format."""
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+
+    def model(self, module: torch.nn.Module) -> torch.nn.Module:
+        """A module in the chosen memory format."""
+        return module.to(memory_format=torch.channels_last) if self.channels_last else module
+
+
 @torch.no_grad()
 def evaluate(student: Network, predict: Predict, data: TensorData, batch_size: int,
              groups: dict[str, list[int]] | None = None, device: torch.device | str = "cpu",
-             probe: bool = False) -> Evaluation:
+             probe: bool = False, precision: Precision = Precision()) -> Evaluation:
     """Accuracy of ``predict(x, student(x))`` on ``data``; a group's accuracy is the mean of its classes'."""
     student.eval()
     correct1 = correct5 = probe_correct = total = 0
@@ -56,8 +89,10 @@ def evaluate(student: Network, predict: Predict, data: TensorData, batch_size: i
     per_class_correct = torch.zeros(num_classes, dtype=torch.float64)
     per_class_total = torch.zeros(num_classes, dtype=torch.float64)
     for x, y in eval_batches(data, batch_size, device):
-        out = student(x)
-        scores = predict(x, out)
+        x = precision.input(x)
+        with precision.autocast(device):
+            out = student(x)
+            scores = predict(x, out).float()
         top = scores.topk(min(5, scores.shape[1]), dim=1).indices
         hit1 = (top[:, 0] == y).cpu()
         correct1 += int(hit1.sum())
@@ -130,6 +165,7 @@ class TrainState:
     val: TensorData | None = None
     log: Callable[[str], None] = print
     spikes: SpikeCounter = field(default_factory=SpikeCounter)
+    precision: Precision = Precision()
 
 
 @dataclass
@@ -164,13 +200,16 @@ def _train_epoch(ts: TrainState, phase: Phase, optimizer: torch.optim.Optimizer,
     clip = phase.recipe["grad_clip"]
     for batch in train_batches(ts.train, ts.regime.indices, phase.recipe["batch_size"], labeled=ts.regime.labeled,
                                seed=ts.seed, epoch=epoch, device=ts.device):
-        s = ts.student(batch.x, taps=needs.student_taps)
-        t = None
-        if ts.teacher is not None:
-            with torch.no_grad():
-                t = ts.teacher(batch.x, taps=needs.teacher_taps)
-        terms = phase.losses(batch, s, t)
-        stacked = torch.stack(list(terms.values()))
+        if ts.precision.channels_last:
+            batch = dataclasses.replace(batch, x=ts.precision.input(batch.x))
+        with ts.precision.autocast(ts.device):
+            s = ts.student(batch.x, taps=needs.student_taps)
+            t = None
+            if ts.teacher is not None:
+                with torch.no_grad():
+                    t = ts.teacher(batch.x, taps=needs.teacher_taps)
+            terms = phase.losses(batch, s, t)
+        stacked = torch.stack([term.float() for term in terms.values()])
         loss = stacked.sum()
         value = distributed.mean_across(float(loss.detach()))  # every rank takes the same divergence decision
         if not math.isfinite(value):
@@ -211,7 +250,7 @@ def _eval(ts: TrainState, phase: Phase, final: bool = False, data: TensorData | 
     predict = (lambda x, out: phase.predict(x, out, final=True)) if final else phase.predict
     return evaluate(ts.student, predict, ts.test if data is None else data, ts.eval_batch_size,
                     ts.regime.groups if data is None else None, ts.device,
-                    probe=phase.main and ts.method.reports_probe and data is None)
+                    probe=phase.main and ts.method.reports_probe and data is None, precision=ts.precision)
 
 
 def _state(ts: TrainState) -> dict[str, Any]:
@@ -281,7 +320,7 @@ def fit(ts: TrainState) -> FitOutcome:
     for name, predict in ts.method.extra_evaluations().items():  # on the last epoch's model
         ts.method.eval()
         outcome.extra[name] = evaluate(ts.student, predict, ts.test, ts.eval_batch_size, ts.regime.groups,
-                                       ts.device)
+                                       ts.device, precision=ts.precision)
         ts.log(f"extra evaluation {name}: top1 {outcome.extra[name].top1:.2f}")
     if ts.method.final_predict_differs:
         last_phase = phases[-1]
