@@ -61,3 +61,11 @@ def test_cifar_zoo_names_do_not_shadow_timm_imagenet_models() -> None:
 
     assert timm.create_model("vgg13", num_classes=10).__class__.__module__.startswith("timm")
     assert all(name.endswith("_cifar") for name in ZOO)
+
+
+@pytest.mark.parametrize(("name", "feature_dim", "taps"), [
+    ("resnet18", 512, 5), ("mobilenetv1_100", 1024, 5), ("beitv2_base_patch16_224", 768, 12)])
+def test_imagenet_models_come_straight_from_timm_with_checked_taps(name: str, feature_dim: int, taps: int) -> None:
+    net = create_network(name, num_classes=1000, in_chans=3)
+    shapes = check_taps(net, torch.zeros(1, 3, 224, 224))
+    assert net.feature_dim == feature_dim and len(shapes) == taps
