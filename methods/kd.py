@@ -2,7 +2,8 @@
 
 ``loss = gamma * CE(z_s, y) + alpha * T^2 * KL(softmax(z_t / T) || softmax(z_s / T))``, the KL summed over
 classes and averaged over the batch. Defaults are the CIFAR-100 protocol of RepDistiller/CRD (T=4, CE 0.1,
-KL 0.9). Without labels (unlabeled regime) the CE term is dropped.
+KL 0.9). Without labels (unlabeled regime) the CE term is dropped. ``ls: true`` applies logit standardization
+(Sun et al., CVPR 2024) to both logits before the softened softmax; ``T`` is then its base temperature.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 
 from kdbench.method import Batch, Method, Needs, register_method
 from kdbench.models import Network, Outputs
+from methods.logit_utils import standardize
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -30,14 +32,15 @@ class KD(Method):
     description = "Hinton KD: T^2 * KL(teacher || student) at temperature T, plus gamma * CE"
 
     def __init__(self, student: Network, teacher: Network | None, *, num_classes: int,
-                 T: float = 4.0, alpha: float = 0.9, gamma: float = 0.1) -> None:
+                 T: float = 4.0, alpha: float = 0.9, gamma: float = 0.1, ls: bool = False) -> None:
         super().__init__(student, teacher, num_classes=num_classes)
         if T <= 0:
             raise ValueError(f"T must be > 0, got {T}")
-        self.T, self.alpha, self.gamma = T, alpha, gamma
+        self.T, self.alpha, self.gamma, self.ls = T, alpha, gamma, ls
 
     def losses(self, batch: Batch, s: Outputs, t: Outputs | None) -> dict[str, torch.Tensor]:
-        terms = {"kd": self.alpha * kd_loss(s.logits, t.logits, self.T)}
+        zs, zt = (standardize(s.logits), standardize(t.logits)) if self.ls else (s.logits, t.logits)
+        terms = {"kd": self.alpha * kd_loss(zs, zt, self.T)}
         if batch.y is not None and self.gamma:
             terms["ce"] = self.gamma * F.cross_entropy(s.logits, batch.y)
         return terms

@@ -1,0 +1,13 @@
+"""Shared pieces of the logit methods: logit standardization (Sun et al., CVPR 2024)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def standardize(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Z-score each row of logits (``(z - mean) / (std + eps)``, std with Bessel's correction as torch's default),
+    the "logit standardization" pre-processing; the temperature then acts as a base temperature."""
+    mean = logits.mean(dim=-1, keepdim=True)
+    std = logits.std(dim=-1, keepdim=True)
+    return (logits - mean) / (std + eps)
