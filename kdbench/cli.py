@@ -123,7 +123,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
             params = ", ".join(f"{k}={p.default!r}" for k, p in hyperparameters(cls).items())
             labels = "needs labels" if cls.needs.labels else "label-free"
             teacher = "" if cls.needs.teacher else ", no teacher"
-            print(f"{name:10} {cls.description}  [{labels}{teacher}]  ({params})")
+            print(f"{name:10} {cls.description}  [{labels}{teacher}; uses {cls.uses}]  ({params})")
     elif args.what == "models":
         from kdbench.models import kdbench_model_names
 

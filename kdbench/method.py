@@ -76,8 +76,9 @@ class Method(nn.Module):
     ``reports_probe``: the student's own logits are a monitor worth reporting beside ``predict`` (GenDD).
     """
 
-    needs: ClassVar[Needs] = Needs()
+    needs: ClassVar[Needs] = Needs()  # an instance may narrow its taps to the networks it got (self.needs = ...)
     description: ClassVar[str] = ""
+    uses: ClassVar[str] = "logits"  # what the method reads of the networks, for `kdbench list methods`
     name: ClassVar[str] = ""
     final_predict_differs: ClassVar[bool] = False
     reports_probe: ClassVar[bool] = False

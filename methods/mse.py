@@ -27,6 +27,7 @@ class MSE(Method):
 
     needs = Needs(labels=False, teacher=True)
     description = "MSE between student and teacher logits (+ feature MSE via a learned projector if beta>0)"
+    uses = "logits (+ pooled feature)"
 
     def __init__(self, student: Network, teacher: Network | None, *, num_classes: int,
                  alpha: float = 0.9, beta: float = 0.0, gamma: float = 0.1) -> None:

@@ -50,8 +50,8 @@ def test_one_training_step_per_phase(name: str, labeled: bool) -> None:
         # a few steps: zero-initialised output layers (DiT-style heads) pass no gradient on the very first one
         for _ in range(3):
             optimizer.zero_grad(set_to_none=True)
-            s = student(x, taps=cls.needs.student_taps)
-            t = teacher(x, taps=cls.needs.teacher_taps) if cls.needs.teacher else None
+            s = student(x, taps=method.needs.student_taps)
+            t = teacher(x, taps=method.needs.teacher_taps) if cls.needs.teacher else None
             terms = phase.losses(batch, s, t)
             assert terms and all(v.dim() == 0 for v in terms.values()), "losses must be named scalars"
             loss = torch.stack(list(terms.values())).sum()
@@ -59,8 +59,8 @@ def test_one_training_step_per_phase(name: str, labeled: bool) -> None:
             loss.backward()
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        s = student(x, taps=cls.needs.student_taps)
-        t = teacher(x, taps=cls.needs.teacher_taps) if cls.needs.teacher else None
+        s = student(x, taps=method.needs.student_taps)
+        t = teacher(x, taps=method.needs.teacher_taps) if cls.needs.teacher else None
         torch.stack(list(phase.losses(batch, s, t).values())).sum().backward()
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters()), \
             f"{phase.name}: no gradient reached the student"

@@ -74,6 +74,7 @@ class GenDD(Method):
 
     needs = Needs(labels=False, teacher=True)
     description = "GenDD: diffusion head samples teacher features given the student's; frozen teacher head"
+    uses = "pooled feature, teacher classifier"
     final_predict_differs = True
     reports_probe = True
 

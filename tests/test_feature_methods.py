@@ -1,0 +1,87 @@
+"""Golden values and analytic checks for the feature methods AT, SP, RKD and PKT.
+
+The golden numbers were computed once in float64 with numpy straight from each paper's formula (attention maps,
+row-normalized Gram matrices, normalized distances and triplet angles with the Huber loss, conditional cosine
+similarity distributions), independently of the implementations.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from methods.at import at_loss
+from methods.pkt import pkt_loss
+from methods.rkd import rkd_terms
+from methods.sp import sp_loss
+
+F64 = torch.float64
+FS = torch.tensor([[[[0.0, 0.3], [-0.27, -0.89]], [[-0.45, -0.99], [0.06, 1.34]]],
+                   [[[-0.49, -0.62], [0.49, 0.36]], [[0.11, -0.93], [-0.03, 0.7]]],
+                   [[[-1.34, -0.46], [-1.9, -1.29]], [[-1.84, -0.24], [-1.27, 0.27]]]], dtype=F64)
+FT = torch.tensor([[[[0.16, -0.19], [-2.52, -0.54]], [[-0.05, 0.11], [-1.53, -0.48]], [[-0.98, -0.81], [1.06, -0.81]]],
+                   [[[-0.03, 0.88], [-0.58, -0.11]], [[0.11, 0.06], [-1.23, 0.08]], [[1.36, -1.55], [0.86, 0.12]]],
+                   [[[-0.64, 2.0], [0.76, -1.2]], [[0.07, 0.58], [-0.19, 0.68]], [[-0.07, 0.67], [1.44, -0.68]]]],
+                  dtype=F64)
+ES = torch.tensor([[0.2, -0.46, 0.13], [-1.19, -0.58, -0.2], [0.9, 1.15, -1.32], [-0.79, 0.65, -1.99]], dtype=F64)
+ET = torch.tensor([[-0.46, -0.1, 1.26, 0.69, -0.33], [-0.37, -0.25, 1.52, -0.43, -0.3],
+                   [0.35, -0.12, -0.2, -1.11, -0.01], [-0.44, 1.17, 0.65, -0.02, 0.67]], dtype=F64)
+
+
+def test_at_golden() -> None:
+    assert at_loss([FS], [FT]).item() == pytest.approx(0.26126043775822555, rel=1e-10)
+
+
+def test_sp_golden() -> None:
+    assert sp_loss(FS, FT).item() == pytest.approx(0.060771158109922126, rel=1e-10)
+
+
+def test_rkd_golden() -> None:
+    distance, angle = rkd_terms(ES, ET)
+    assert (distance.item(), angle.item()) == pytest.approx((0.016112986666746487, 0.03534912098961838), rel=1e-9)
+
+
+def test_pkt_golden() -> None:
+    assert pkt_loss(ES, ET).item() == pytest.approx(0.02997148661984752, rel=1e-9)
+
+
+def test_zero_when_the_student_reproduces_the_teacher() -> None:
+    assert at_loss([FT.clone()], [FT]).item() == pytest.approx(0.0, abs=1e-12)
+    assert sp_loss(FT.clone(), FT).item() == pytest.approx(0.0, abs=1e-12)
+    assert all(v.item() == pytest.approx(0.0, abs=1e-12) for v in rkd_terms(ET.clone(), ET))
+    assert pkt_loss(ET.clone(), ET).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_the_invariances_the_papers_build_on() -> None:
+    g = torch.Generator().manual_seed(0)
+    rotation, _ = torch.linalg.qr(torch.randn(5, 5, generator=g, dtype=F64))
+    # RKD: distances are normalized by their mean and angles ignore scale: any rotation and scaling of the
+    # student's embedding keeps both terms
+    distance = rkd_terms(ES, ET)[0]
+    moved = rkd_terms(2.5 * (ET @ rotation)[:, :5], ET)
+    assert all(v.item() == pytest.approx(0.0, abs=1e-10) for v in moved)
+    assert rkd_terms(3.0 * ES, ET)[0].item() == pytest.approx(distance.item(), rel=1e-10)
+    # PKT: cosine similarities ignore each embedding's length
+    assert pkt_loss(ES * torch.tensor([[2.0], [0.5], [3.0], [1.0]], dtype=F64), ET).item() == \
+        pytest.approx(pkt_loss(ES, ET).item(), rel=1e-10)
+    # AT: attention maps are normalized, so scaling a stage output changes nothing; SP likewise for Gram rows
+    assert at_loss([4.0 * FS], [FT]).item() == pytest.approx(at_loss([FS], [FT]).item(), rel=1e-10)
+    assert sp_loss(4.0 * FS, FT).item() == pytest.approx(sp_loss(FS, FT).item(), rel=1e-10)
+
+
+@pytest.mark.parametrize("loss", [
+    lambda s, t, es, et: at_loss([s], [t]), lambda s, t, es, et: sp_loss(s, t),
+    lambda s, t, es, et: sum(rkd_terms(es, et)), lambda s, t, es, et: pkt_loss(es, et)])
+def test_gradients_reach_the_student_only(loss) -> None:
+    s, t = FS.clone().requires_grad_(True), FT.clone().requires_grad_(True)
+    es, et = ES.clone().requires_grad_(True), ET.clone().requires_grad_(True)
+    loss(s, t, es, et).backward()
+    student_grads = [g for g in (s.grad, es.grad) if g is not None]
+    assert student_grads and all(g.abs().sum() > 0 for g in student_grads)
+    assert t.grad is None and et.grad is None
+
+
+def test_at_pools_the_larger_map_when_stage_sizes_differ() -> None:
+    big = torch.randn(2, 3, 8, 8, dtype=F64)
+    small = torch.nn.functional.adaptive_avg_pool2d(big, 4)
+    assert at_loss([big], [small]).item() == pytest.approx(0.0, abs=1e-12)
