@@ -85,3 +85,34 @@ def test_at_pools_the_larger_map_when_stage_sizes_differ() -> None:
     big = torch.randn(2, 3, 8, 8, dtype=F64)
     small = torch.nn.functional.adaptive_avg_pool2d(big, 4)
     assert at_loss([big], [small]).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_nst_golden_and_zero_at_equality() -> None:
+    from methods.nst import nst_loss
+
+    assert nst_loss([FS], [FT]).item() == pytest.approx(1.0060346844232844, rel=1e-10)
+    assert nst_loss([FT.clone()], [FT]).item() == pytest.approx(0.0, abs=1e-12)
+    assert nst_loss([5.0 * FS], [FT]).item() == pytest.approx(nst_loss([FS], [FT]).item(), rel=1e-10)
+
+
+@pytest.mark.parametrize(("student", "teacher"), [
+    ("resnet20_cifar", "resnet56_cifar"),       # same stage size: 1x1 conv
+    ("mobilenetv2_cifar", "vgg13_cifar"),      # student map 8x8 vs teacher 8x8
+    ("shufflev1_cifar", "resnet32x4_cifar"),   # student 8x8, teacher 16x16: transposed conv
+    ("resnet8x4_cifar", "shufflev2_cifar"),    # student 16x16, teacher 8x8: stride-2 conv
+])
+def test_fitnet_regressor_maps_the_hint_onto_the_teachers_stage(student: str, teacher: str) -> None:
+    from kdbench.method import Batch, discover_methods
+    from kdbench.models import create_network
+
+    s_net = create_network(student, num_classes=10, in_chans=3)
+    t_net = create_network(teacher, num_classes=10, in_chans=3).eval().requires_grad_(False)
+    fitnet = discover_methods().get("fitnet")(s_net, t_net, num_classes=10)
+    x = torch.randn(2, 3, 32, 32)
+    s_out = s_net(x, taps=fitnet.needs.student_taps)
+    t_out = t_net(x, taps=fitnet.needs.teacher_taps)
+    hint = fitnet.regressor(s_out.taps["stage2"])
+    assert hint.shape == t_out.taps["stage2"].shape
+    terms = fitnet.losses(Batch(x, None, torch.arange(2)), s_out, t_out)
+    expected = 100.0 * torch.nn.functional.mse_loss(hint, t_out.taps["stage2"])
+    assert terms["hint"].item() == pytest.approx(expected.item(), rel=1e-5)

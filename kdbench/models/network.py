@@ -72,6 +72,11 @@ class Network(nn.Module):
         feature = self.model.forward_head(final, pre_logits=True)
         return Outputs(logits=self.classifier(feature), feature=feature, taps=tapped)
 
+    def tap_info(self, tap: str) -> tuple[int, int]:
+        """(channels, reduction) of a tap as the model declares them (its ``feature_info``)."""
+        info = _info_list(self.model.feature_info)[self.tap_index(tap)]
+        return int(info["num_chs"]), int(info["reduction"])
+
     @torch.no_grad()
     def tap_shapes(self, example: torch.Tensor) -> dict[str, tuple[int, ...]]:
         """Shape (without batch) of every tap for an example input, for start-up checks."""
