@@ -116,3 +116,11 @@ def test_fitnet_regressor_maps_the_hint_onto_the_teachers_stage(student: str, te
     terms = fitnet.losses(Batch(x, None, torch.arange(2)), s_out, t_out)
     expected = 100.0 * torch.nn.functional.mse_loss(hint, t_out.taps["stage2"])
     assert terms["hint"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_cc_golden_and_zero_at_equality() -> None:
+    from methods.cc import cc_loss
+
+    # numpy float64: |ES - ET[:, :3]|, then the mean over the 3 consecutive pairs of row-wise dot products
+    assert cc_loss(ES, ET[:, :3]).item() == pytest.approx(3.0699333333333336, rel=1e-12)
+    assert cc_loss(ES.clone(), ES).item() == 0.0
