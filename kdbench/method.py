@@ -17,6 +17,7 @@ from importlib.metadata import entry_points
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from kdbench.models.network import Network, Outputs
@@ -121,6 +122,14 @@ class Method(nn.Module):
         if own:
             groups.append({"params": own, "name": "method"})
         return groups
+
+
+def ce_term(batch: Batch, logits: torch.Tensor, weight: float) -> dict[str, torch.Tensor]:
+    """``{"ce": weight * CE(logits, y)}`` when the batch has labels and the weight is not zero, else nothing:
+    the cross-entropy term every distillation method adds, dropped in the unlabeled regime."""
+    if batch.y is None or not weight:
+        return {}
+    return {"ce": weight * F.cross_entropy(logits, batch.y)}
 
 
 method_registry: Registry[type[Method]] = Registry("method")

@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kdbench.method import Batch, Method, Needs, register_method
+from kdbench.method import Batch, Method, Needs, ce_term, register_method
 from kdbench.models import Network, Outputs
-from methods.feature_utils import paired_stages
+from methods.feature_utils import paired_stages, same_size
 
 
 def attention_map(feature: torch.Tensor, p: float = 2.0) -> torch.Tensor:
@@ -23,14 +23,8 @@ def attention_map(feature: torch.Tensor, p: float = 2.0) -> torch.Tensor:
 
 def at_loss(student_maps: list[torch.Tensor], teacher_maps: list[torch.Tensor], p: float = 2.0) -> torch.Tensor:
     """Sum over stage pairs of the mean squared difference of attention maps; teacher maps detached."""
-    total = student_maps[0].new_zeros(())
-    for fs, ft in zip(student_maps, teacher_maps, strict=True):
-        ft = ft.detach()
-        size = min(fs.shape[-1], ft.shape[-1])
-        fs = F.adaptive_avg_pool2d(fs, size) if fs.shape[-1] != size else fs
-        ft = F.adaptive_avg_pool2d(ft, size) if ft.shape[-1] != size else ft
-        total = total + (attention_map(fs, p) - attention_map(ft, p)).pow(2).mean()
-    return total
+    pairs = [same_size(fs, ft) for fs, ft in zip(student_maps, teacher_maps, strict=True)]
+    return sum((attention_map(fs, p) - attention_map(ft, p)).pow(2).mean() for fs, ft in pairs)
 
 
 @register_method("at")
@@ -52,6 +46,4 @@ class AT(Method):
         maps_s = [s.taps[name] for name in self.needs.student_taps]
         maps_t = [t.taps[name] for name in self.needs.teacher_taps]
         terms = {"at": self.weight * at_loss(maps_s, maps_t, self.p)}
-        if batch.y is not None and self.ce:
-            terms["ce"] = self.ce * F.cross_entropy(s.logits, batch.y)
-        return terms
+        return {**terms, **ce_term(batch, s.logits, self.ce)}

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdbench.method import Batch, Method, Needs, register_method
+from kdbench.method import Batch, Method, Needs, ce_term, register_method
 from kdbench.models import Network, Outputs
 
 
@@ -48,6 +48,4 @@ class CC(Method):
 
     def losses(self, batch: Batch, s: Outputs, t: Outputs | None) -> dict[str, torch.Tensor]:
         terms = {"cc": self.weight * cc_loss(self.embed_s(s.feature), self.embed_t(t.feature.detach()))}
-        if batch.y is not None and self.ce:
-            terms["ce"] = self.ce * F.cross_entropy(s.logits, batch.y)
-        return terms
+        return {**terms, **ce_term(batch, s.logits, self.ce)}

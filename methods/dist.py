@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kdbench.method import Batch, Method, Needs, register_method
+from kdbench.method import Batch, Method, Needs, ce_term, register_method
 from kdbench.models import Network, Outputs
 
 
@@ -50,6 +50,4 @@ class DIST(Method):
     def losses(self, batch: Batch, s: Outputs, t: Outputs | None) -> dict[str, torch.Tensor]:
         inter, intra = dist_terms(s.logits, t.logits, self.T)
         terms = {"inter": self.beta * inter, "intra": self.gamma * intra}
-        if batch.y is not None and self.ce:
-            terms["ce"] = self.ce * F.cross_entropy(s.logits, batch.y)
-        return terms
+        return {**terms, **ce_term(batch, s.logits, self.ce)}

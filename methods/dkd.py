@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from kdbench.method import Batch, Method, Needs, register_method
 from kdbench.models import Network, Outputs
-from methods.logit_utils import standardize
+from methods.logit_utils import linear_warmup, standardize
 
 MASKED = 1000.0  # subtracted from the target logit (over T) to take it out of the non-target softmax
 
@@ -60,7 +60,7 @@ class DKD(Method):
 
     def warmup_factor(self) -> float:
         """mdistiller's ``min(epoch / warmup, 1)`` with its 1-based epochs."""
-        return 1.0 if self.warmup_epochs == 0 else min((self.epoch + 1) / self.warmup_epochs, 1.0)
+        return linear_warmup(self.epoch, self.warmup_epochs)
 
     def losses(self, batch: Batch, s: Outputs, t: Outputs | None) -> dict[str, torch.Tensor]:
         zs, zt = (standardize(s.logits), standardize(t.logits)) if self.ls else (s.logits, t.logits)

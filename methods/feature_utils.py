@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
+
 from kdbench.models import Network
 
 
@@ -13,3 +16,14 @@ def paired_stages(student: Network, teacher: Network, skip_stem: bool = True) ->
     s_names, t_names = student.tap_names[first:], teacher.tap_names[first:]
     n = min(len(s_names), len(t_names))
     return tuple(s_names[len(s_names) - n:]), tuple(t_names[len(t_names) - n:])
+
+
+def same_size(student_map: torch.Tensor, teacher_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both maps at the smaller of their spatial sizes (the larger one average-pooled); the teacher detached."""
+    teacher_map = teacher_map.detach()
+    size = min(student_map.shape[-1], teacher_map.shape[-1])
+    if student_map.shape[-1] != size:
+        student_map = F.adaptive_avg_pool2d(student_map, size)
+    if teacher_map.shape[-1] != size:
+        teacher_map = F.adaptive_avg_pool2d(teacher_map, size)
+    return student_map, teacher_map

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdbench.method import Batch, Method, Needs, register_method
+from kdbench.method import Batch, Method, Needs, ce_term, register_method
 from kdbench.models import Network, Outputs
 
 
@@ -59,6 +59,4 @@ class FitNet(Method):
     def losses(self, batch: Batch, s: Outputs, t: Outputs | None) -> dict[str, torch.Tensor]:
         hint = self.regressor(s.taps[self.needs.student_taps[0]])
         terms = {"hint": self.weight * F.mse_loss(hint, t.taps[self.needs.teacher_taps[0]].detach())}
-        if batch.y is not None and self.ce:
-            terms["ce"] = self.ce * F.cross_entropy(s.logits, batch.y)
-        return terms
+        return {**terms, **ce_term(batch, s.logits, self.ce)}

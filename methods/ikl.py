@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from kdbench.engine import distributed
 from kdbench.method import Batch, Method, Needs, register_method
 from kdbench.models import Network, Outputs
+from methods.logit_utils import linear_warmup
 
 
 def ikl_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, weights: torch.Tensor,
@@ -68,6 +69,6 @@ class IKL(Method):
             self.prior_sums.index_add_(0, batch.y, teacher_probs.to(self.prior_sums.dtype))
         weights = self.prior[batch.y] if self.global_info else teacher_probs
         wmse, sce = ikl_terms(s.logits, t.logits, weights.to(s.logits.dtype), self.T)
-        factor = 1.0 if self.warmup_epochs == 0 else min((self.epoch + 1) / self.warmup_epochs, 1.0)
+        factor = linear_warmup(self.epoch, self.warmup_epochs)
         return {"ce": self.ce * F.cross_entropy(s.logits, batch.y), "wmse": factor * self.beta * wmse,
                 "sce": factor * self.alpha * sce}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kdbench.method import Batch, Method, Needs, register_method
+from kdbench.method import Batch, Method, Needs, ce_term, register_method
 from kdbench.models import Network, Outputs
 from methods.logit_utils import standardize
 
@@ -41,6 +41,4 @@ class KD(Method):
     def losses(self, batch: Batch, s: Outputs, t: Outputs | None) -> dict[str, torch.Tensor]:
         zs, zt = (standardize(s.logits), standardize(t.logits)) if self.ls else (s.logits, t.logits)
         terms = {"kd": self.alpha * kd_loss(zs, zt, self.T)}
-        if batch.y is not None and self.gamma:
-            terms["ce"] = self.gamma * F.cross_entropy(s.logits, batch.y)
-        return terms
+        return {**terms, **ce_term(batch, s.logits, self.gamma)}

@@ -11,3 +11,8 @@ def standardize(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     mean = logits.mean(dim=-1, keepdim=True)
     std = logits.std(dim=-1, keepdim=True)
     return (logits - mean) / (std + eps)
+
+
+def linear_warmup(epoch: int, warmup_epochs: int) -> float:
+    """mdistiller's loss warm-up ``min(epoch / warmup, 1)`` with its 1-based epochs (``epoch`` here is 0-based)."""
+    return 1.0 if warmup_epochs <= 0 else min((epoch + 1) / warmup_epochs, 1.0)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdbench.method import Batch, Method, Needs, register_method
+from kdbench.method import Batch, Method, Needs, ce_term, register_method
 from kdbench.models import Network, Outputs
 
 
@@ -41,6 +41,4 @@ class MSE(Method):
             terms["logit_mse"] = self.alpha * mse_loss(s.logits, t.logits)
         if self.projector is not None:
             terms["feature_mse"] = self.beta * mse_loss(self.projector(s.feature), t.feature)
-        if batch.y is not None and self.gamma:
-            terms["ce"] = self.gamma * F.cross_entropy(s.logits, batch.y)
-        return terms
+        return {**terms, **ce_term(batch, s.logits, self.gamma)}

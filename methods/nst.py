@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kdbench.method import Batch, Method, Needs, register_method
+from kdbench.method import Batch, Method, Needs, ce_term, register_method
 from kdbench.models import Network, Outputs
-from methods.feature_utils import paired_stages
+from methods.feature_utils import paired_stages, same_size
 
 
 def _poly(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -25,12 +25,8 @@ def nst_loss(student_maps: list[torch.Tensor], teacher_maps: list[torch.Tensor])
     """Sum over stage pairs of the polynomial-kernel MMD^2 between channel sets; teacher maps detached."""
     total = student_maps[0].new_zeros(())
     for fs, ft in zip(student_maps, teacher_maps, strict=True):
-        ft = ft.detach()
-        size = min(fs.shape[-1], ft.shape[-1])
-        fs = F.adaptive_avg_pool2d(fs, size) if fs.shape[-1] != size else fs
-        ft = F.adaptive_avg_pool2d(ft, size) if ft.shape[-1] != size else ft
-        s = F.normalize(fs.flatten(2), dim=2)
-        t = F.normalize(ft.flatten(2), dim=2)
+        fs, ft = same_size(fs, ft)
+        s, t = F.normalize(fs.flatten(2), dim=2), F.normalize(ft.flatten(2), dim=2)
         total = total + _poly(t, t).mean() + _poly(s, s).mean() - 2 * _poly(s, t).mean()
     return total
 
@@ -54,6 +50,4 @@ class NST(Method):
         maps_s = [s.taps[name] for name in self.needs.student_taps]
         maps_t = [t.taps[name] for name in self.needs.teacher_taps]
         terms = {"nst": self.weight * nst_loss(maps_s, maps_t)}
-        if batch.y is not None and self.ce:
-            terms["ce"] = self.ce * F.cross_entropy(s.logits, batch.y)
-        return terms
+        return {**terms, **ce_term(batch, s.logits, self.ce)}
