@@ -208,12 +208,42 @@ def pretrained_network(name: str, num_classes: int, in_chans: int, img_size: int
     import timm
 
     os.environ["HF_HUB_OFFLINE"] = "1"
+    _require_cached_weights(name)
     try:
         model = timm.create_model(name, pretrained=True, num_classes=num_classes, in_chans=in_chans)
     except Exception as err:  # timm raises several kinds (hub offline, missing file, no weights for the name)
         raise TeacherNotReadyError(f"no pretrained weights for '{name}' in the local cache ({type(err).__name__}: "
                                    f"{err}); put them in the timm/Hugging Face cache or give a checkpoint") from None
     return Network(model, name=name)
+
+
+def _require_cached_weights(name: str) -> None:
+    """Pretrained weights must already be on this machine (Hugging Face cache or torch's hub cache): raise before
+    timm could start a download (or sit in the hub client's retries)."""
+    import os
+
+    import torch.hub
+
+    try:
+        from timm.models import get_pretrained_cfg
+        from timm.models._builder import _resolve_pretrained_source
+
+        source, location = _resolve_pretrained_source(get_pretrained_cfg(name).to_dict())
+    except Exception:  # an unknown tag or a timm without these helpers: timm's own error will name it
+        return
+    if source == "hf-hub":
+        from huggingface_hub import try_to_load_from_cache
+
+        repo = str(location).split("@")[0]
+        if not any(isinstance(try_to_load_from_cache(repo, f), str)
+                   for f in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")):
+            raise TeacherNotReadyError(f"no pretrained weights for '{name}' in the local cache (Hugging Face repo "
+                                       f"{repo} is not cached); copy them there or give a checkpoint")
+    elif source == "url":
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(str(location))
+        if not cached.exists():
+            raise TeacherNotReadyError(f"no pretrained weights for '{name}' in the local cache ({cached} is missing); "
+                                       f"copy them there or give a checkpoint")
 
 
 def _execute(run_dir: Path, spec: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:

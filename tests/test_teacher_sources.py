@@ -91,6 +91,13 @@ def test_the_checkpoint_path_does_not_change_run_ids(trained_teacher: tuple, tmp
 
 def test_pretrained_weights_missing_from_the_cache_fail_clearly_without_downloading(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a pretrained teacher tried to use the network")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-cache"))
     suite = validate(tiny_suite(pairs=[{"teacher": "resnet18", "student": "kdb_cnn_nano"}],
