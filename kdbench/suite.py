@@ -264,6 +264,11 @@ class Pair:
     teacher: str
     student: str
     train: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)  # method label -> hyper-parameters for this pair
+
+    def method_params(self, method: Entry) -> dict[str, Any]:
+        """A method's hyper-parameters in this pair's cells (e.g. DKD's beta per pair, as mdistiller sets it)."""
+        return {**method.params, **(self.params.get(method.label) or {})}
 
     def recipe(self, suite_train: Recipe, method: Entry) -> Recipe:
         """The student recipe of a (pair, method) cell: suite train <- pair train <- method train."""
@@ -627,6 +632,18 @@ def validate(raw: dict[str, Any], source: str = "") -> Suite:
     for i, label in enumerate(labels):
         _require(labels.index(label) == i, f"methods[{i}].label",
                  f"'{label}' is used twice; give each variant its own label")
+    for i, pair in enumerate(pairs):
+        for label, overrides in pair.params.items():
+            key = f"pairs[{i}].params.{label}"
+            # a method the suite does not run (e.g. after `extends:` replaced the methods) keeps inert settings
+            known = label in labels or label in methods_registry.names()
+            _require(known, key, f"no method labelled '{label}' in this suite (labels: {', '.join(labels)})")
+            _require(isinstance(overrides, dict), key, f"expected a mapping of hyper-parameters, got {overrides!r}")
+            name = methods[labels.index(label)].name if label in labels else label
+            given = methods[labels.index(label)].params if label in labels else {}
+            cls = methods_registry.get(name)
+            resolve_params(hyperparameters(cls), typing.get_type_hints(cls.__init__), {**given, **overrides},
+                           key, f"method '{name}'")
 
     seeds = coerce(_list(raw, "seeds"), list[int], "seeds")
     _require(len(set(seeds)) == len(seeds), "seeds", f"repeated seed in {seeds}")
@@ -767,7 +784,7 @@ def expand(suite: Suite) -> Plan:
                         "teacher_id": t_id if needs.teacher else None,
                         "method": method.name,
                         "label": method.label,
-                        "method_params": method.params,
+                        "method_params": pair.method_params(method),
                         "dataset": {"name": suite.dataset.name, "params": suite.dataset.params},
                         "regime": _regime_spec(regime),
                         "seed": seed,
