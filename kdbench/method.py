@@ -88,6 +88,11 @@ class Method(nn.Module):
         super().__init__()
         self.num_classes = num_classes
 
+    @classmethod
+    def incompatibility(cls, student: Network, teacher: Network | None) -> str | None:
+        """Why this method cannot distil ``teacher`` into ``student`` (e.g. unequal stage channels), or None."""
+        return None
+
     def losses(self, batch: Batch, s: Outputs, t: Outputs | None) -> dict[str, torch.Tensor]:
         """Named, already weighted loss terms for one batch; the trainer sums them."""
         raise NotImplementedError(f"{type(self).__name__} must implement losses()")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextvars
 import copy
 import dataclasses
+import functools
 import hashlib
 import inspect
 import json
@@ -756,6 +757,25 @@ def teacher_spec(suite: Suite, pair: Pair, regime: Entry) -> dict[str, Any]:
     })
 
 
+@functools.lru_cache(maxsize=64)
+def _pair_networks(teacher: str, student: str) -> tuple[Any, Any]:
+    from kdbench.models import create_network
+
+    return (create_network(student, num_classes=10, in_chans=3, img_size=32),
+            create_network(teacher, num_classes=10, in_chans=3, img_size=32))
+
+
+def _pair_problem(cls: type, pair: Pair) -> str | None:
+    """Why a method cannot run on a pair (its ``incompatibility`` check on the two architectures), or None.
+    Networks are built only for methods that define such a check."""
+    from kdbench.method import Method
+
+    if cls.incompatibility.__func__ is Method.incompatibility.__func__:
+        return None
+    student, teacher = _pair_networks(pair.teacher, pair.student)
+    return cls.incompatibility(student, teacher)
+
+
 def expand(suite: Suite) -> Plan:
     """pairs x regimes x methods x seeds -> run specs; one teacher job per distinct teacher spec."""
     plan = Plan(suite)
@@ -766,9 +786,13 @@ def expand(suite: Suite) -> Plan:
             t_spec = teacher_spec(suite, pair, regime)
             t_id = spec_id(t_spec)
             for method in suite.methods:
-                needs = methods_registry.get(method.name).needs
-                if needs.labels and not labeled:
-                    note = f"{method.label} x {regime.name}: refused, method '{method.name}' needs labels"
+                cls = methods_registry.get(method.name)
+                needs = cls.needs
+                problem = _pair_problem(cls, pair)
+                if problem or (needs.labels and not labeled):
+                    where = f"{pair.teacher} -> {pair.student}" if problem else regime.name
+                    why = problem or f"method '{method.name}' needs labels"
+                    note = f"{method.label} x {where}: refused, {why}"
                     if note not in plan.refused:
                         plan.refused.append(note)
                     continue

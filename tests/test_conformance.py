@@ -35,6 +35,9 @@ def _build(name: str):
 
     cls = REGISTRY.get(name)
     student, teacher = _pair()
+    if cls.incompatibility(student, teacher):  # e.g. KD-SVD needs equal stage channels: same architecture twice
+        torch.manual_seed(0)
+        student = create_network("kdb_cnn_small", num_classes=4, in_chans=1)
     kwargs = {k: v for k, v in SMALL.items() if k in hyperparameters(cls)}
     return cls, student, teacher, cls(student, teacher if cls.needs.teacher else None, num_classes=4, **kwargs)
 

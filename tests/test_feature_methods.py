@@ -124,3 +124,39 @@ def test_cc_golden_and_zero_at_equality() -> None:
     # numpy float64: |ES - ET[:, :3]|, then the mean over the 3 consecutive pairs of row-wise dot products
     assert cc_loss(ES, ET[:, :3]).item() == pytest.approx(3.0699333333333336, rel=1e-12)
     assert cc_loss(ES.clone(), ES).item() == 0.0
+
+
+S1 = torch.tensor([[[[0.03, 1.36], [1.22, -0.51]], [[-0.3, -0.53], [0.57, -0.06]], [[0.75, -1.85], [1.57, -0.1]]],
+                   [[[0.68, -0.14], [-0.38, 0.46]], [[0.82, -0.2], [-0.15, 0.69]], [[-0.87, -1.51], [0.39, -0.67]]]],
+                  dtype=F64)
+T1 = torch.tensor([[[[-1.92, -0.81], [-0.47, -1.19]], [[-1.49, 0.04], [0.9, -0.23]], [[-0.74, 0.38], [0.72, -0.3]]],
+                   [[[0.54, 1.04], [-0.21, -0.81]], [[0.35, 0.25], [1.1, -1.28]], [[-0.66, -0.84], [-1.73, 0.13]]]],
+                  dtype=F64)
+S2 = torch.tensor([[[[0.53, -0.74], [1.39, 0.82]], [[0.63, 0.4], [0.96, -1.33]], [[0.61, 0.6], [-1.77, 0.35]]],
+                   [[[-0.25, 0.78], [-0.44, -0.02]], [[0.34, -0.88], [0.6, -0.1]], [[0.49, -0.52], [1.09, 0.61]]]],
+                  dtype=F64)
+T2 = torch.tensor([[[[-0.18, 0.63], [1.26, 1.79]], [[-1.57, 0.88], [0.47, -0.09]], [[-1.01, 1.26], [-1.26, 0.57]]],
+                   [[[1.3, -1.6], [-0.3, -1.31]], [[0.24, 1.51], [2.02, -1.78]], [[-0.57, 0.7], [1.58, 0.42]]]],
+                  dtype=F64)
+
+
+def test_kdsvd_golden_zero_at_equality_and_sign_independence() -> None:
+    from methods.kdsvd import kdsvd_loss
+
+    # numpy float64: per-image SVD of the (H*W) x C matrices, largest entry of each teacher vector made positive,
+    # student candidates aligned by |cosine|, RBF over channel pairs of consecutive stages
+    assert kdsvd_loss([S1, S2], [T1, T2]).item() == pytest.approx(0.018070916496694803, rel=1e-9)
+    assert kdsvd_loss([T1.clone(), T2.clone()], [T1, T2]).item() == pytest.approx(0.0, abs=1e-12)
+    # flipping the sign of a whole stage output flips its singular vectors only: the loss must not move
+    assert kdsvd_loss([-S1, S2], [T1, -T2]).item() == pytest.approx(0.018070916496694803, rel=1e-9)
+
+
+def test_kdsvd_refuses_pairs_with_unequal_stage_channels() -> None:
+    from kdbench.method import discover_methods
+    from kdbench.models import create_network
+
+    kdsvd = discover_methods().get("kdsvd")
+    student = create_network("resnet20_cifar", num_classes=10, in_chans=3)
+    assert kdsvd.incompatibility(student, create_network("resnet56_cifar", num_classes=10, in_chans=3)) is None
+    problem = kdsvd.incompatibility(student, create_network("wrn_40_2_cifar", num_classes=10, in_chans=3))
+    assert problem and "stage1 has 16" in problem and "stage1 has 32" in problem

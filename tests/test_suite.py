@@ -227,3 +227,14 @@ def test_a_pair_sets_a_methods_hyperparameters_for_its_own_cells() -> None:
         with pytest.raises(SuiteError) as err:
             validate(tiny_suite(pairs=[{"teacher": "kdb_cnn_small", "student": "kdb_cnn_nano", "params": change}]))
         assert err.value.key == key
+
+
+def test_a_method_that_cannot_run_on_a_pair_is_refused_for_that_pair_and_says_why() -> None:
+    plan = expand(validate(tiny_suite(
+        methods=[{"name": "kd"}, {"name": "kdsvd"}], regimes=[{"name": "balanced"}],
+        pairs=[{"teacher": "kdb_cnn_small", "student": "kdb_cnn_nano"},
+               {"teacher": "kdb_cnn_small", "student": "kdb_cnn_small"}])))
+    assert {(s["student"], s["label"]) for s in plan.runs.values()} == {
+        ("kdb_cnn_nano", "kd"), ("kdb_cnn_small", "kd"), ("kdb_cnn_small", "kdsvd")}
+    assert any("kdsvd x kdb_cnn_small -> kdb_cnn_nano: refused" in note and "equal channels" in note
+               for note in plan.refused)
