@@ -126,25 +126,40 @@ def test_preempted_run_requeues_resumes_from_checkpoint_and_matches_uninterrupte
     assert record["metrics"] == reference["metrics"]
 
 
+def seconds_per_epoch(tmp_path: Path) -> float:
+    """This machine's training time for one epoch of ``vanilla_suite`` on one thread (median of 6 epochs)."""
+    suite = vanilla_suite("calibrate", epochs=6)
+    suite["executor"] = {"name": "debug", "threads_per_worker": 1}
+    out = run_cli("kdbench", "run", str(write_suite(tmp_path / "calibrate.yaml", suite)), "--results",
+                  str(tmp_path / "calibrate"), "--quiet")
+    assert out.returncode == 0, out.stdout + out.stderr
+    seconds = sorted(row["train_seconds"] for row in store.read_jsonl(only_run(tmp_path / "calibrate" / "calibrate")
+                                                                      / store.METRICS))
+    return seconds[len(seconds) // 2]
+
+
 def test_time_limit_requeues_until_done_and_bounded_retries_end_failed(tmp_path: Path) -> None:
-    # one minute of SLURM time, told 40 s before the limit (SLURM checks limits every 30 s): 20-30 s of work per
-    # job, so 80 epochs (about 35 s of training on an idle core) need requeues; the generous bound keeps a busy
-    # machine (slower epochs, more requeues) from failing the test
+    # one minute of SLURM time, told 40 s before the limit: SLURM checks limits every 30 s, so a job is signalled
+    # 20-50 s after it starts. The epoch count is sized to this machine: 60 s of pure training (a job adds start-up,
+    # evaluation and checkpoints), so it cannot finish in one job; the generous requeue bound keeps a busy
+    # machine (slower epochs, more requeues) from failing the test. The hopeless run has 20 times that work and no
+    # requeue: it must end failed on its first time limit, however fast the machine.
+    epochs = min(1000, max(80, round(60 / seconds_per_epoch(tmp_path))))
     patient = write_suite(tmp_path / "patient.yaml", vanilla_suite(
-        "patient", epochs=80, timeout_min=1, signal_delay_s=40, max_requeues=15))
+        "patient", epochs=epochs, timeout_min=1, signal_delay_s=40, max_requeues=15))
     hopeless = write_suite(tmp_path / "hopeless.yaml", vanilla_suite(
-        "hopeless", epochs=80, timeout_min=1, signal_delay_s=40, max_requeues=0))
+        "hopeless", epochs=20 * epochs, timeout_min=1, signal_delay_s=40, max_requeues=0))
     for suite in (patient, hopeless):
         out = run_cli("kdbench", "run", str(suite), "--no-wait", "--results", str(tmp_path / "r"), "--quiet")
         assert out.returncode == 0, out.stderr
     done = run_cli("kdbench", "run", str(patient), "--results", str(tmp_path / "r"), "--quiet", timeout=900)
     record = store.load_result(only_run(tmp_path / "r" / "patient"))
     assert done.returncode == 0 and record["state"] == "done", done.stdout + done.stderr
-    assert len(record["resumes"]) >= 1
+    assert len(record["resumes"]) >= 1, f"{epochs} epochs finished in one job"
 
     failed = run_cli("kdbench", "run", str(hopeless), "--results", str(tmp_path / "r"), "--quiet", timeout=600)
     record = store.load_result(only_run(tmp_path / "r" / "hopeless"))
-    assert failed.returncode == 1 and record["state"] == "failed"
+    assert failed.returncode == 1 and record["state"] == "failed", failed.stdout + failed.stderr
     assert "timed-out too many times" in record["error"], record["error"]
 
 
