@@ -29,21 +29,26 @@ __all__ = ["Batch", "Method", "Needs", "Stage", "discover_methods", "hyperparame
 
 @dataclass(frozen=True)
 class Needs:
-    """What a method requires: labels (refused in the unlabeled regime), a teacher, intermediate taps."""
+    """What a method requires: labels (refused in the unlabeled regime), a teacher, intermediate taps
+    (``stage{i}``, or ``stage{i}_pre`` for the pre-activation), and ``negatives``: that many contrastive
+    negatives per item in every batch (CRD), drawn by the data path."""
 
     labels: bool = False
     teacher: bool = True
     student_taps: tuple[str, ...] = ()
     teacher_taps: tuple[str, ...] = ()
+    negatives: int = 0
 
 
 @dataclass
 class Batch:
-    """One training batch. ``y`` is None in the unlabeled regime; ``index`` are dataset indices."""
+    """One training batch. ``y`` is None in the unlabeled regime; ``index`` are dataset indices; ``negatives``
+    (items x k dataset indices) is there when the method asked for them (``Needs.negatives``)."""
 
     x: torch.Tensor
     y: torch.Tensor | None
     index: torch.Tensor
+    negatives: torch.Tensor | None = None
 
 
 LossFn = Callable[[Batch, Outputs, "Outputs | None"], dict[str, torch.Tensor]]
@@ -64,6 +69,8 @@ class Stage:
     losses: LossFn
     predict: Callable[[torch.Tensor, Outputs], torch.Tensor]
     param_groups: Callable[[Network], list[dict[str, Any]]]
+    student_train_mode: bool = True  # False: the student runs in eval mode (BN statistics frozen), as
+    # RepDistiller's init stages of AB, FT and FSP do
 
 
 class Method(nn.Module):
@@ -100,6 +107,10 @@ class Method(nn.Module):
     def predict(self, x: torch.Tensor, s: Outputs, *, final: bool = False) -> torch.Tensor:
         """Class scores used for evaluation (``final``: the end-of-run evaluation). Default: the student's logits."""
         return s.logits
+
+    def bind_data(self, train_size: int) -> None:
+        """Called once before training (and before a checkpoint is loaded) with the size of the training split:
+        dataset indices run from 0 to ``train_size - 1``. For methods with per-item state (CRD's memory bank)."""
 
     def on_epoch_start(self, epoch: int, epochs: int) -> None:
         """Hook called before each training epoch (e.g. for loss-weight warm-ups)."""

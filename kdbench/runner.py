@@ -261,6 +261,7 @@ def _execute(run_dir: Path, spec: dict[str, Any], log: Callable[[str], None]) ->
             check_taps(network, example_input)
     method = discover_methods().get(spec["method"])(student, teacher, num_classes=splits.num_classes,
                                                      **spec["method_params"])
+    method.bind_data(len(splits.train))
     precision = Precision.resolve(spec.get("runtime"), device)
     for module in (student, method, teacher):
         if module is not None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import tiny_suite
 
 from kdbench import store
@@ -189,3 +190,47 @@ def test_val_selected_epoch_uses_a_held_out_split(tmp_path: Path) -> None:
     chosen = max(lines, key=lambda h: h["val_top1"])
     assert record["metrics"]["top1_val"] == chosen["top1"]
     assert record["metrics"]["val_selected_epoch"] == chosen["epoch"]
+
+
+STAGED = {
+    "ab": ({"name": "ab", "init_epochs": 2, "init_lr": 0.02}, "ab_init"),
+    "ft": ({"name": "ft", "init_epochs": 2}, "ft_paraphraser"),
+    "fsp": ({"name": "fsp", "init_epochs": 2}, "fsp_init"),
+    "crd": ({"name": "crd", "negatives": 32}, None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(STAGED))
+def test_methods_with_stages_or_state_resume_mid_stage_with_the_same_numbers(tmp_path: Path, name: str) -> None:
+    method, stage = STAGED[name]
+    pairs = [{"teacher": "kdb_cnn_small", "student": "kdb_cnn_small"}] if name == "fsp" else None
+    plan = _plan(methods=[method], **({"pairs": pairs} if pairs else {}))
+    dispatch(plan, tmp_path / "whole", DEBUG, progress=False)
+    run_id = next(iter(plan.runs))
+    reference = store.load_result(tmp_path / "whole" / "tiny" / "runs" / run_id)
+    assert reference["state"] == "done", reference.get("error")
+    if stage:
+        assert reference["cost"]["extra_epochs"] == {stage: 2} and reference["cost"]["total_epochs"] == 5
+    root = prepare(plan, tmp_path / "crash")
+    dirs = run_dirs(root, plan)
+    execute(dirs[next(iter(plan.teachers))], log=lambda m: None)
+    crash_at = f"{stage} epoch   1/" if stage else "main epoch   2/"
+
+    def crash(message: str) -> None:
+        if crash_at in message:
+            raise SimulatedKill
+
+    with pytest.raises(SimulatedKill):
+        execute(dirs[run_id], log=crash)
+    if stage in ("ab_init", "fsp_init"):  # RepDistiller's init stages run the student in eval mode: BN frozen
+        from kdbench.engine.checkpoint import load_checkpoint
+
+        saved = load_checkpoint(dirs[run_id] / "checkpoint.pt")["student"]
+        means = [v for k, v in saved.items() if k.endswith("running_mean")]
+        assert means and all(torch.equal(m, torch.zeros_like(m)) for m in means)
+    resumed = execute(dirs[run_id], log=lambda m: None)
+    assert resumed["state"] == "done"
+    assert resumed["resumes"][0]["phase"] == (stage or "main")
+    assert resumed["metrics"] == reference["metrics"]
+    assert _strip(store.read_jsonl(dirs[run_id] / store.METRICS)) == \
+        _strip(store.read_jsonl(tmp_path / "whole" / "tiny" / "runs" / run_id / store.METRICS))

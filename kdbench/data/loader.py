@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from kdbench.data.negatives import NegativeSampler
 from kdbench.data.sources import TensorData
 from kdbench.method import Batch
 
@@ -23,12 +24,14 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 def train_batches(data: TensorData | Any, indices: np.ndarray, batch_size: int, *, labeled: bool, seed: int,
-                  epoch: int, device: torch.device | str = "cpu") -> Iterator[Batch]:
+                  epoch: int, device: torch.device | str = "cpu", negatives: int = 0) -> Iterator[Batch]:
     """Shuffled training batches of ``indices``; labels are withheld (``y=None``) when ``labeled`` is False.
 
     ``batch_size`` is the global batch: under data-parallel training every rank draws the same order and takes
     its slice of each batch. The last partial batch is kept unless it cannot give every rank two images (batch
-    norm cannot train on one).
+    norm cannot train on one). ``negatives`` > 0: every batch carries that many contrastive negatives per item
+    (:class:`~kdbench.data.negatives.NegativeSampler`; other classes when labelled), from a generator of their
+    own, so the images and their augmentation are the same as without.
     """
     from kdbench.engine.distributed import min_batch, shard
 
@@ -36,16 +39,27 @@ def train_batches(data: TensorData | Any, indices: np.ndarray, batch_size: int, 
     generator = epoch_generator(seed, epoch)
     order = index[torch.randperm(len(index), generator=generator)]
     chunks = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
-    chunks = [shard(chunk) for chunk in chunks if len(chunk) >= min_batch() or len(order) == 1]
+    chunks = [chunk for chunk in chunks if len(chunk) >= min_batch() or len(order) == 1]
+    drawn: list[torch.Tensor | None] = [None] * len(chunks)
+    if negatives:
+        sampler = NegativeSampler(indices, np.asarray(data.y) if labeled else None, negatives)
+        negatives_generator = torch.Generator().manual_seed((seed * 1_000_003 + epoch) ^ 0x5EED)
+        drawn = [shard(sampler.draw(chunk, negatives_generator)) for chunk in chunks]  # every rank draws all
+    chunks = [shard(chunk) for chunk in chunks]
     if isinstance(data, TensorData):
-        for chunk in chunks:
+        for chunk, negative in zip(chunks, drawn, strict=True):
             x = data.to_input(data.x[chunk].to(device, non_blocking=True), train=True, generator=generator)
             y = data.y[chunk].to(device) if labeled else None
-            yield Batch(x=x, y=y, index=chunk)
+            yield Batch(x=x, y=y, index=chunk.to(device), negatives=_to(negative, device))
         return
-    for chunk, (x, y) in zip(chunks, data.load_batches(chunks, train=True, seed=seed * 1_000_003 + epoch),
-                             strict=True):
-        yield Batch(x=x.to(device, non_blocking=True), y=y.to(device) if labeled else None, index=chunk)
+    for chunk, negative, (x, y) in zip(chunks, drawn, data.load_batches(chunks, train=True,
+                                                                        seed=seed * 1_000_003 + epoch), strict=True):
+        yield Batch(x=x.to(device, non_blocking=True), y=y.to(device) if labeled else None, index=chunk.to(device),
+                    negatives=_to(negative, device))
+
+
+def _to(tensor: torch.Tensor | None, device: torch.device | str) -> torch.Tensor | None:
+    return None if tensor is None else tensor.to(device, non_blocking=True)
 
 
 def eval_batches(data: TensorData | Any, batch_size: int,

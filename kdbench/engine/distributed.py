@@ -100,6 +100,17 @@ def sum_across(tensor: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def gather_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """The rows of ``tensor`` from every rank, concatenated in rank order (every rank must pass the same
+    shape); the tensor itself when not distributed."""
+    n = world_size()
+    if n == 1:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(n)]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
 def mean_across(value: float, device: torch.device | str = "cpu") -> float:
     """Mean of a float over ranks."""
     n = world_size()

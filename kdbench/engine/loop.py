@@ -124,12 +124,14 @@ class Phase:
     predict: Predict
     param_groups: Callable[[Network], list[dict[str, Any]]]
     main: bool = False
+    student_train_mode: bool = True
 
 
 def phases_of(method: Method, recipe: dict[str, Any], labeled: bool = True) -> list[Phase]:
     """The method's stages (each with the run recipe updated by its own settings), then the main phase."""
     phases = [Phase(stage.name, {**recipe, **stage.recipe, "epochs": stage.epochs}, stage.losses, stage.predict,
-                    stage.param_groups) for stage in method.stages(recipe, labeled=labeled)]
+                    stage.param_groups, student_train_mode=stage.student_train_mode)
+              for stage in method.stages(recipe, labeled=labeled)]
     phases.append(Phase("main", recipe, method.losses, method.predict, method.param_groups, main=True))
     return phases
 
@@ -189,7 +191,7 @@ def _train_epoch(ts: TrainState, phase: Phase, optimizer: torch.optim.Optimizer,
                  steps: int) -> tuple[dict[str, float], str | None]:
     """One epoch of optimisation. Returns the mean loss terms and, if the loss diverged, why."""
     needs = ts.method.needs
-    ts.student.train()
+    ts.student.train(phase.student_train_mode)
     ts.method.train()
     names: list[str] | None = None
     totals: torch.Tensor | None = None  # running sums of the loss terms, one vector add per step
@@ -199,7 +201,7 @@ def _train_epoch(ts: TrainState, phase: Phase, optimizer: torch.optim.Optimizer,
     params = [p for g in optimizer.param_groups for p in g["params"]]
     clip = phase.recipe["grad_clip"]
     for batch in train_batches(ts.train, ts.regime.indices, phase.recipe["batch_size"], labeled=ts.regime.labeled,
-                               seed=ts.seed, epoch=epoch, device=ts.device):
+                               seed=ts.seed, epoch=epoch, device=ts.device, negatives=needs.negatives):
         if ts.precision.channels_last:
             batch = dataclasses.replace(batch, x=ts.precision.input(batch.x))
         with ts.precision.autocast(ts.device):
@@ -282,10 +284,12 @@ def fit(ts: TrainState) -> FitOutcome:
         optimizer = build_optimizer(phase.param_groups(ts.student), phase.recipe)
         scheduler = build_scheduler(optimizer, phase.recipe, phase_steps)
         start = 0
+        ts.spikes = SpikeCounter()  # a new phase's loss level is not a spike
         if resume and index == start_phase:
             optimizer.load_state_dict(resume["optimizer"])
             scheduler.load_state_dict(resume["scheduler"])
             start = int(resume["epoch"])
+            ts.spikes.recent.extend(resume.get("spikes", []))
         epochs = phase.recipe["epochs"]
         for epoch in range(start, epochs):
             if phase.main:
@@ -313,7 +317,8 @@ def fit(ts: TrainState) -> FitOutcome:
                 atomic_write_jsonl(metrics_path, history)
                 save_checkpoint(ckpt_path, {"phase": index, "epoch": epoch + 1, **_state(ts),
                                             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                            "rng": rng_state(), "history": history, "resumes": resumes})
+                                            "rng": rng_state(), "history": history, "resumes": resumes,
+                                            "spikes": list(ts.spikes.recent)})
             ts.log(f"{phase.name} epoch {epoch + 1:>3}/{epochs}  loss {line.get('train_loss', float('nan')):.4f}  "
                    f"top1 {result.top1:6.2f}  lr {lr:.3g}  {train_seconds:.2f}s")
     outcome = FitOutcome("done", history, resumes=resumes)

@@ -30,14 +30,23 @@ def _conv_bn(cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int 
     return nn.Sequential(*layers)
 
 
+def _conv_bn_preact(path: str) -> tuple[str, str]:
+    """Pre-activation of a :func:`_conv_bn` block at ``path``: the input of its ReLU, described by its BN."""
+    return f"{path}.2", f"{path}.1"
+
+
 class _ZooNet(_StagedNet):
     """A zoo model: ``stages`` (each a module), an optional ``neck`` between the last stage and global pooling
     (e.g. MobileNetV2's 1x1 conv to 1280), then global average pooling and the linear classifier ``fc``."""
 
     def _finish(self, chans: Sequence[int], reductions: Sequence[int], feature_dim: int, num_classes: int,
-                drop_rate: float, neck: nn.Module | None = None) -> None:
-        self.feature_info = [dict(num_chs=c, reduction=r, module=f"stages.{i}")
-                             for i, (c, r) in enumerate(zip(chans, reductions, strict=True))]
+                drop_rate: float, neck: nn.Module | None = None,
+                preact: Sequence[tuple[str, str]] | None = None) -> None:
+        """``preact``: per stage, the path of the activation module whose input is the stage's pre-activation
+        ("" when the stage output is already pre-activation) and of the BatchNorm that describes it."""
+        preact = preact or [("", "")] * len(chans)
+        self.feature_info = [dict(num_chs=c, reduction=r, module=f"stages.{i}", preact_act=act, preact_bn=bn)
+                             for i, (c, r, (act, bn)) in enumerate(zip(chans, reductions, preact, strict=True))]
         self.neck = neck if neck is not None else nn.Identity()
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self._init_head([feature_dim], num_classes, drop_rate)
@@ -82,7 +91,9 @@ class CifarResNet(_ZooNet):
             self.stages.append(nn.Sequential(*[_Basic(cin if b == 0 else width, width, stride if b == 0 else 1)
                                                for b in range(n)]))
             cin = width
-        self._finish(widths, (1, 1, 2, 4), widths[-1], num_classes, drop_rate)
+        preact = [_conv_bn_preact("stages.0")] + [(f"stages.{i}.{n - 1}.act", f"stages.{i}.{n - 1}.body.1.1")
+                                                  for i in (1, 2, 3)]
+        self._finish(widths, (1, 1, 2, 4), widths[-1], num_classes, drop_rate, preact=preact)
 
 
 # ---------------------------------------------------------------- Wide ResNet (pre-activation blocks)
@@ -125,7 +136,10 @@ class WideResNet(_ZooNet):
         self.stages = nn.ModuleList([nn.Conv2d(in_chans, 16, 3, 1, 1, bias=False)])
         for i in range(3):
             self.stages.append(_WideStage(widths[i], widths[i + 1], n, 1 if i == 0 else 2, final_bn=i == 2))
-        self._finish(widths, (1, 1, 2, 4), widths[-1], num_classes, drop_rate)
+        # pre-activation blocks: a stage's output is pre-activation already, normalised by the next block's bn1
+        # (as mdistiller's get_bn_before_relu); the last stage ends BN-ReLU
+        preact = [("", f"stages.{i + 1}.0.bn1") for i in range(3)] + [(f"stages.3.{n + 1}", f"stages.3.{n}")]
+        self._finish(widths, (1, 1, 2, 4), widths[-1], num_classes, drop_rate, preact=preact)
 
 
 # ---------------------------------------------------------------- VGG with BN
@@ -154,7 +168,8 @@ class CifarVGG(_ZooNet):
                 cin = width
             self.stages.append(nn.Sequential(*layers))
             reductions.append(2 ** min(i, 3))
-        self._finish([b[-1] for b in VGG_CFGS[depth]], reductions, 512, num_classes, drop_rate)
+        preact = [_conv_bn_preact(f"stages.{i}.{len(stage) - 1}") for i, stage in enumerate(self.stages)]
+        self._finish([b[-1] for b in VGG_CFGS[depth]], reductions, 512, num_classes, drop_rate, preact=preact)
 
 
 # ---------------------------------------------------------------- MobileNetV2 (RepDistiller's CIFAR version)
@@ -199,8 +214,11 @@ class CifarMobileNetV2(_ZooNet):
                 chans.append(cout)
                 reductions.append(reduction)
         last = 1280
+        # the blocks end with a linear projection: their output is pre-activation, described by its BN
+        preact = [_conv_bn_preact("stages.0")] + [("", f"stages.{i}.{len(self.stages[i]) - 1}.body.2.1")
+                                                  for i in range(1, len(self.stages))]
         self._finish(chans, reductions, last, num_classes, drop_rate,
-                     neck=nn.Sequential(*current, _conv_bn(cin, last, 1)))
+                     neck=nn.Sequential(*current, _conv_bn(cin, last, 1)), preact=preact)
 
 
 # ---------------------------------------------------------------- ShuffleNet V1 and V2
@@ -243,7 +261,9 @@ class ShuffleV1(_ZooNet):
             self.stages.append(nn.Sequential(*[_ShuffleV1Block(cin if i == 0 else width, width, 2 if i == 0 else 1,
                                                                groups) for i in range(n)]))
             cin = width
-        self._finish((24, *widths), (1, 2, 4, 8), widths[-1], num_classes, drop_rate)
+        preact = [_conv_bn_preact("stages.0")] + [(f"stages.{i}.{n - 1}.act", f"stages.{i}.{n - 1}.conv3.1")
+                                                  for i, n in enumerate(blocks, start=1)]
+        self._finish((24, *widths), (1, 2, 4, 8), widths[-1], num_classes, drop_rate, preact=preact)
 
 
 class _ShuffleV2Basic(nn.Module):
@@ -283,7 +303,11 @@ class ShuffleV2(_ZooNet):
         for width, n in zip(widths, blocks, strict=True):
             self.stages.append(nn.Sequential(_ShuffleV2Down(cin, width), *[_ShuffleV2Basic(width) for _ in range(n)]))
             cin = width
-        self._finish((24, *widths), (1, 2, 4, 8), 1024, num_classes, drop_rate, neck=_conv_bn(cin, 1024, 1))
+        # a block's output is a channel shuffle of a pass-through half and a conv-BN-ReLU half: no final
+        # activation, and no single BN describes all its channels
+        preact = [_conv_bn_preact("stages.0")] + [("", "")] * len(blocks)
+        self._finish((24, *widths), (1, 2, 4, 8), 1024, num_classes, drop_rate, neck=_conv_bn(cin, 1024, 1),
+                     preact=preact)
 
 
 # ---------------------------------------------------------------- ResNet50 for CIFAR (bottleneck blocks)
@@ -311,7 +335,9 @@ class CifarResNet50(_ZooNet):
             self.stages.append(nn.Sequential(*[_Bottleneck(cin if b == 0 else width * 4, width,
                                                            (1 if i == 0 else 2) if b == 0 else 1) for b in range(n)]))
             cin = width * 4
-        self._finish((64, 256, 512, 1024, 2048), (1, 1, 2, 4, 8), 2048, num_classes, drop_rate)
+        preact = [_conv_bn_preact("stages.0")] + [(f"stages.{i}.{n - 1}.act", f"stages.{i}.{n - 1}.body.2.1")
+                                                  for i, n in enumerate((3, 4, 6, 3), start=1)]
+        self._finish((64, 256, 512, 1024, 2048), (1, 1, 2, 4, 8), 2048, num_classes, drop_rate, preact=preact)
 
 
 # ---------------------------------------------------------------- registration

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import timm
 import torch
@@ -27,8 +28,11 @@ class Network(nn.Module):
     """Wraps any timm model that has timm's feature API.
 
     Taps are named ``stage0`` ... ``stage{n-1}`` after the model's ``feature_info``; their shapes are known
-    from :meth:`tap_shapes`. The classifier is the model's own (``get_classifier()``), so methods that need a
-    teacher's head (GenDD) use exactly the weights that produced the teacher's logits.
+    from :meth:`tap_shapes`. Where the model's pre-activation is known (see :func:`preact_modules`), the taps
+    ``stage{i}_pre`` give the stage output before its final activation (OFD, AB and ReviewKD read these), and
+    :meth:`bn_before_activation` the BatchNorm whose affine parameters describe it. The classifier is the model's
+    own (``get_classifier()``), so methods that need a teacher's head (GenDD) use exactly the weights that
+    produced the teacher's logits.
     """
 
     def __init__(self, model: nn.Module, name: str = "") -> None:
@@ -39,6 +43,9 @@ class Network(nn.Module):
         if info is None or not hasattr(model, "forward_head"):
             raise TypeError(f"model '{self.name}' lacks timm's feature API (feature_info, forward_head)")
         self.tap_names = tuple(f"stage{i}" for i in range(len(_info_list(info))))
+        # stage index -> (module whose input is the pre-activation, or None: the output already is; its BN)
+        self._preact: dict[int, tuple[nn.Module | None, nn.Module | None]] = preact_modules(model)
+        self.preact_tap_names = tuple(f"stage{i}{PRE}" for i in sorted(self._preact))
 
     @property
     def feature_dim(self) -> int:
@@ -55,20 +62,47 @@ class Network(nn.Module):
         return self.model.get_classifier()
 
     def tap_index(self, tap: str) -> int:
-        """Stage index of a tap name; a clear error names the model and the valid taps."""
-        if tap not in self.tap_names:
-            raise KeyError(f"model '{self.name}' has no tap '{tap}' (taps: {', '.join(self.tap_names)})")
-        return self.tap_names.index(tap)
+        """Stage index of a tap name (``stage{i}`` or ``stage{i}_pre``); a clear error names the model and the
+        valid taps."""
+        if tap in self.tap_names:
+            return self.tap_names.index(tap)
+        if tap in self.preact_tap_names:
+            return self.tap_names.index(tap[: -len(PRE)])
+        known = ", ".join((*self.tap_names, *self.preact_tap_names))
+        hint = " (its pre-activation is not declared for this model)" if tap.endswith(PRE) else ""
+        raise KeyError(f"model '{self.name}' has no tap '{tap}'{hint} (taps: {known})")
+
+    def bn_before_activation(self, tap: str) -> nn.Module | None:
+        """The BatchNorm whose output (up to a residual sum) is the pre-activation tap ``tap``, or None."""
+        return self._preact[self.tap_index(tap)][1]
 
     def forward(self, x: torch.Tensor, taps: Sequence[str] = ()) -> Outputs:
         """Run the model once; return logits, pooled feature and the requested taps."""
         tapped: dict[str, torch.Tensor] = {}
-        if taps:
-            indices = [self.tap_index(t) for t in taps]
-            final, maps = self.model.forward_intermediates(x, indices=indices)
-            tapped = dict(zip(taps, maps, strict=True))
-        else:
+        if not taps:
             final = self.model.forward_features(x)
+        else:
+            post = {self.tap_index(t) for t in taps if not t.endswith(PRE)}
+            captured: dict[str, torch.Tensor] = {}
+            handles = []
+            for tap in (t for t in taps if t.endswith(PRE)):
+                act = self._preact[self.tap_index(tap)][0] if tap in self.preact_tap_names else None
+                if tap not in self.preact_tap_names or act is None:
+                    post.add(self.tap_index(tap))  # unknown (tap_index raises) or the stage output itself
+                else:
+                    handles.append(act.register_forward_pre_hook(_capture_input(captured, tap)))
+            try:
+                if post:
+                    indices = sorted(post)  # timm returns the maps in stage order
+                    final, maps = self.model.forward_intermediates(x, indices=indices)
+                    by_index = dict(zip(indices, maps, strict=True))
+                else:
+                    final = self.model.forward_features(x)
+                    by_index = {}
+            finally:
+                for handle in handles:
+                    handle.remove()
+            tapped = {t: captured[t] if t in captured else by_index[self.tap_index(t)] for t in taps}
         feature = self.model.forward_head(final, pre_logits=True)
         return Outputs(logits=self.classifier(feature), feature=feature, taps=tapped)
 
@@ -78,11 +112,11 @@ class Network(nn.Module):
         return int(info["num_chs"]), int(info["reduction"])
 
     @torch.no_grad()
-    def tap_shapes(self, example: torch.Tensor) -> dict[str, tuple[int, ...]]:
-        """Shape (without batch) of every tap for an example input, for start-up checks."""
+    def tap_shapes(self, example: torch.Tensor, taps: Sequence[str] | None = None) -> dict[str, tuple[int, ...]]:
+        """Shape (without batch) of every stage tap (or of ``taps``) for an example input, for start-up checks."""
         was_training = self.training
         self.eval()
-        out = self(example[:1], taps=self.tap_names)
+        out = self(example[:1], taps=self.tap_names if taps is None else taps)
         self.train(was_training)
         return {name: tuple(t.shape[1:]) for name, t in out.taps.items()}
 
@@ -98,7 +132,75 @@ def check_taps(network: Network, example: torch.Tensor) -> dict[str, tuple[int, 
         if shape[0] != declared_chs or (spatial and spatial[-1] != max(1, size // reduction)):
             raise ValueError(f"model '{network.name}': tap {name} is {shape}, but feature_info declares "
                              f"{declared_chs} channels at 1/{reduction} of the {size}px input")
+    if network.preact_tap_names:  # the pre-activation, through its activation, gives the stage output back
+        was_training = network.training
+        network.eval()
+        with torch.no_grad():
+            out = network(example[:1], taps=(*network.tap_names, *network.preact_tap_names))
+        network.train(was_training)
+        for tap in network.preact_tap_names:
+            stage = tap[: -len(PRE)]
+            act = network._preact[network.tap_index(tap)][0]
+            rebuilt = out.taps[tap] if act is None else act(out.taps[tap].clone())
+            if rebuilt.shape != out.taps[stage].shape or not torch.allclose(rebuilt, out.taps[stage], atol=1e-5):
+                raise ValueError(f"model '{network.name}': tap {tap} through its activation does not give {stage} "
+                                 "back; its pre-activation declaration is wrong")
+            bn = network.bn_before_activation(tap)
+            if bn is not None and getattr(bn, "num_features", None) != out.taps[stage].shape[1]:
+                raise ValueError(f"model '{network.name}': the BatchNorm declared before {tap} has "
+                                 f"{getattr(bn, 'num_features', None)} channels, the tap {out.taps[stage].shape[1]}")
     return shapes
+
+
+PRE = "_pre"
+
+
+def _capture_input(store: dict[str, torch.Tensor], tap: str) -> Any:
+    def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        store[tap] = args[0].clone()  # a copy: in-place activations overwrite their input
+
+    return hook
+
+
+def preact_modules(model: nn.Module) -> dict[int, tuple[nn.Module | None, nn.Module | None]]:
+    """Where each stage's pre-activation is, by stage index: (the activation module whose input it is, or None
+    when the stage output is already pre-activation; the BatchNorm that describes it, or None).
+
+    A model declares it in its ``feature_info`` entries (``preact_act`` / ``preact_bn``: module paths, ``""`` for
+    none), as the kdbench zoo does; timm's ResNets and its BatchNormAct models (EfficientNet, MobileNet) are
+    resolved here. Stages of other models have no pre-activation tap. :func:`check_taps` verifies every one.
+    """
+    infos = _info_list(model.feature_info)
+    found: dict[int, tuple[nn.Module | None, nn.Module | None]] = {}
+    modules = dict(model.named_modules())
+    for index, info in enumerate(infos):
+        if "preact_act" in info:
+            act, bn = info["preact_act"], info.get("preact_bn", "")
+            found[index] = (modules[act] if act else None, modules[bn] if bn else None)
+            continue
+        stage = modules.get(info.get("module", ""))
+        if stage is None:
+            continue
+        resolved = _timm_preact(model, info["module"], stage, modules)
+        if resolved is not None:
+            found[index] = resolved
+    return found
+
+
+def _timm_preact(model: nn.Module, path: str, stage: nn.Module,
+                 modules: dict[str, nn.Module]) -> tuple[nn.Module, nn.Module] | None:
+    from timm.layers import BatchNormAct2d
+
+    if type(model).__name__ == "ResNet" and type(model).__module__.startswith("timm"):
+        if path == "act1":
+            return modules["act1"], modules["bn1"]
+        block = list(stage.children())[-1]
+        last = "3" if hasattr(block, "act3") else "2"
+        return getattr(block, f"act{last}"), getattr(block, f"bn{last}")
+    fused = [m for m in stage.modules() if isinstance(m, BatchNormAct2d)]
+    if fused and isinstance(stage, nn.Module):
+        return fused[-1].act, fused[-1]
+    return None
 
 
 def _info_list(info: object) -> list:

@@ -100,7 +100,9 @@ class SmallConvNet(_StagedNet):
             reduction *= 1 if i == 0 else 2
             layers += [nn.Conv2d(chans, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
             self.stages.append(nn.Sequential(*layers))
-            self.feature_info.append(dict(num_chs=width, reduction=reduction, module=f"stages.{i}"))
+            last = len(layers) - 1
+            self.feature_info.append(dict(num_chs=width, reduction=reduction, module=f"stages.{i}",
+                                          preact_act=f"stages.{i}.{last}", preact_bn=f"stages.{i}.{last - 1}"))
             chans = width
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self._init_head(widths, num_classes, drop_rate)
@@ -120,7 +122,8 @@ class SmallMLP(_StagedNet):
         fan_in = in_chans * img_size * img_size
         for i, width in enumerate(widths):
             self.stages.append(nn.Sequential(nn.Linear(fan_in, width), nn.ReLU()))
-            self.feature_info.append(dict(num_chs=width, reduction=1, module=f"stages.{i}"))
+            self.feature_info.append(dict(num_chs=width, reduction=1, module=f"stages.{i}",
+                                          preact_act=f"stages.{i}.1", preact_bn=""))
             fan_in = width
         self._init_head(widths, num_classes, drop_rate)
 
