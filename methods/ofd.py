@@ -30,6 +30,9 @@ def margin_from_bn(weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     out = []
     for gamma, beta in zip(weight.tolist(), bias.tolist(), strict=True):
         std = abs(gamma)
+        if std == 0:  # a constant response (e.g. timm's zero-initialised last BN): the limit of the formula
+            out.append(min(beta, 0.0))
+            continue
         tail = 0.5 * (1 + math.erf(-beta / std / math.sqrt(2)))  # Phi(-beta / std)
         if tail > 0.001:
             out.append(beta - std * math.exp(-((beta / std) ** 2) / 2) / math.sqrt(2 * math.pi) / tail)

@@ -56,6 +56,8 @@ def test_vid_golden() -> None:
 def test_ofd_margin_and_partial_l2_golden() -> None:
     margin = margin_from_bn(BN_WEIGHT, BN_BIAS)
     assert margin.tolist() == pytest.approx([-1.6080805122695307, -0.33053779080701085, -0.39], rel=1e-6)
+    # a zero BN weight (timm zero-initialises the last BN of each block) is a constant response: the limit
+    assert margin_from_bn(torch.zeros(2), torch.tensor([-0.4, 0.7])).tolist() == pytest.approx([-0.4, 0.0])
     expected_margin = torch.tensor([-1.6080805122695307, -0.33053779080701085, -0.39], dtype=F64)
     assert partial_l2(A, B, expected_margin).item() == pytest.approx(15.211387866939143, rel=1e-10)
 
