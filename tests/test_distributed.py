@@ -48,6 +48,18 @@ def _check_collectives(expected_world: int) -> None:
     assert torch.allclose(grad.grad, torch.full((3,), 1.5))
     assert distributed.shard(torch.arange(5)).tolist() == ([0, 2, 4] if r == 0 else [1, 3])
     assert distributed.mean_across(float(r)) == 0.5
+    assert distributed.gather_rows(torch.full((2, 3), float(r))).tolist() == [[0.0] * 3] * 2 + [[1.0] * 3] * 2
+    # CRD's memory bank stays the same on every rank: each applies every rank's rows
+    from methods.crd import ContrastMemory
+
+    torch.manual_seed(0)  # the same initial memory everywhere, as seed_everything gives
+    memory = ContrastMemory(dim=4, num_data=6, temperature=0.07, momentum=0.5)
+    before = memory.memory_s.clone()
+    v = torch.nn.functional.normalize(torch.randn(2, 4) + r, dim=1)
+    memory.update(torch.tensor([r, r + 2]), v, v)
+    rows = distributed.gather_rows(memory.memory_s[None])
+    assert torch.equal(rows[0], rows[1])
+    assert (memory.memory_s != before).any(dim=1).nonzero().flatten().tolist() == [0, 1, 2, 3]
 
 
 def test_collectives_average_gradients_and_shard_batches() -> None:
