@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, ClassVar
@@ -121,6 +121,11 @@ class Method(nn.Module):
     def stages(self, recipe: dict[str, Any], labeled: bool = True) -> list[Stage]:
         """Extra phases run before the main one, in order (``labeled``: the run's data has labels). Default: none."""
         return []
+
+    def after_training(self, student: Network,
+                       batches: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]) -> None:
+        """Called once after the last epoch, before the extra evaluations, with a way to iterate the training
+        items as evaluation batches (no augmentation), e.g. to fit GenDD's distilled predictor. Default: nothing."""
 
     def extra_evaluations(self) -> dict[str, Callable[[torch.Tensor, Outputs], torch.Tensor]]:
         """Named alternative predictors evaluated once on the final model (e.g. GenDD's sampler sweep: top-1 and

@@ -288,7 +288,7 @@ def _execute(run_dir: Path, spec: dict[str, Any], log: Callable[[str], None]) ->
                                    batch_sizes=(1, len(example))))
         predictors = method.extra_evaluations()
         for name, evaluation in outcome.extra.items():
-            timing = inference_cost(student, predictors[name], example, batch_sizes=(1,))
+            timing = inference_cost(student, predictors[name], example, batch_sizes=(1, len(example)))
             extra_evaluations[name] = {**evaluation.as_metrics(), **timing}
     elif outcome.state == "done":
         extra_evaluations = {name: evaluation.as_metrics() for name, evaluation in outcome.extra.items()}

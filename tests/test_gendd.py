@@ -1,5 +1,7 @@
 """GenDD, part by part: schedule, respacing, forward process and posterior, loss terms, head init,
-tokenization, contraction, mixup, guidance, samplers (with an epsilon oracle), and a learning test."""
+tokenization, contraction, mixup, guidance, samplers (with an epsilon oracle), a learning test, and the fast
+prediction variants: the one-step x0 estimate, the distilled linear predictor, the flow-matching head (with an
+exact velocity oracle)."""
 
 from __future__ import annotations
 
@@ -16,8 +18,18 @@ from methods.gendd.diffusion import (
     cosine_betas,
     space_timesteps,
 )
+from methods.gendd.flow import RectifiedFlow
 from methods.gendd.head import DiffusionHead, timestep_embedding
-from methods.gendd.method import beta2_at, contract, feature_mixup, join_tokens, split_tokens
+from methods.gendd.method import (
+    apply_linear_map,
+    beta2_at,
+    contract,
+    feature_mixup,
+    fit_linear_map,
+    join_tokens,
+    one_step_x0,
+    split_tokens,
+)
 
 # ---------------------------------------------------------------------------------------------- schedule
 
@@ -268,3 +280,104 @@ def test_head_learns_a_conditional_distribution() -> None:
 def test_schedule_tables_are_consistent() -> None:
     s = Schedule(torch.from_numpy(cosine_betas(50)), torch.arange(50))
     assert torch.allclose(s.sqrt_recip_alphas_cumprod * s.sqrt_alphas_cumprod, torch.ones(50, dtype=torch.float64))
+
+
+# ---------------------------------------------------------------------------------------------- fast prediction
+
+
+@pytest.mark.parametrize("start", [999, 600])
+def test_one_step_estimate_equals_ddim_with_one_step_from_the_same_start(start: int) -> None:
+    torch.manual_seed(0)
+    head = DiffusionHead(token_dim=4, cond_dim=3, num_tokens=1, width=32, depth=2)
+    for p in head.parameters():  # a non-trivial head (the DiT init zeroes the output layers)
+        torch.nn.init.normal_(p, std=0.3)
+    diffusion = GaussianDiffusion()
+    c, idx = torch.randn(6, 3), torch.zeros(6, dtype=torch.long)
+
+    def model(x, t):
+        return head.forward_with_cfg(x, t, c, idx, 2.0)
+
+    zeros = torch.zeros(6, 4)
+    with torch.no_grad():
+        ddim = diffusion.sample(model, zeros, diffusion.sampling_schedule(1, start_step=start), "ddim")
+        one_step = one_step_x0(diffusion, model, zeros, start)
+    assert torch.allclose(one_step, ddim, rtol=1e-5, atol=1e-5)
+    assert one_step.abs().sum() > 0
+
+
+def test_distilled_predictor_reproduces_linear_targets_and_reports_its_residual() -> None:
+    torch.manual_seed(0)
+    z = torch.randn(300, 5, dtype=torch.float64)
+    weight, bias = torch.randn(5, 7, dtype=torch.float64), torch.randn(7, dtype=torch.float64)
+    y = z @ weight + bias
+    fitted = fit_linear_map(z, y, ridge=1e-10)
+    # stated tolerance: the fitting targets within 1e-6 when they are a linear map of the condition
+    assert torch.allclose(apply_linear_map(z, fitted), y, atol=1e-6)
+    assert torch.allclose(fitted[0], weight, atol=1e-6) and torch.allclose(fitted[1], bias, atol=1e-6)
+    noisy = fit_linear_map(z, y + 0.1 * torch.randn_like(y), ridge=1e-4)
+    assert (apply_linear_map(z, noisy) - y).abs().max() < 0.1
+
+
+def test_flow_sampler_with_an_exact_velocity_oracle_reaches_its_target() -> None:
+    flow = RectifiedFlow()
+    x0 = torch.randn(5, 8, dtype=torch.float64)
+
+    def oracle(x, t):  # on the straight path through x0, v = (x_t - x0) / t
+        return (x - x0) / (t[:, None] / flow.time_scale)
+
+    for steps in (1, 2, 8):
+        out = flow.sample(oracle, torch.randn(5, 8, dtype=torch.float64), steps)
+        assert torch.allclose(out, x0, atol=1e-10)
+
+
+def test_flow_loss_is_the_velocity_mse_on_the_straight_path() -> None:
+    flow = RectifiedFlow()
+    x0, noise = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    t = torch.tensor([0.0, 0.25, 0.5, 1.0], dtype=torch.float64)
+    seen = {}
+
+    def model(x, tt):
+        seen["x"], seen["t"] = x, tt
+        return torch.zeros_like(x)
+
+    loss = flow.training_losses(model, x0, t, noise)
+    assert torch.allclose(seen["x"], (1 - t[:, None]) * x0 + t[:, None] * noise)
+    assert torch.allclose(seen["t"], t * 1000)
+    assert torch.allclose(loss["loss"], ((noise - x0) ** 2).mean(dim=1))
+
+
+def test_gendd_variants_validate_and_run_from_one_trained_head() -> None:
+    from kdbench.models import create_network
+    from methods.gendd.method import GenDD
+
+    torch.manual_seed(0)
+    student = create_network("kdb_cnn_nano", num_classes=4, in_chans=1)
+    teacher = create_network("kdb_cnn_base", num_classes=4, in_chans=1).eval()
+    sweep = ({"sampler": "x0"}, {"sampler": "ddim", "steps": 2, "cfg": 1.0}, {"sampler": "distilled", "ridge": 1e-3})
+    method = GenDD(student, teacher, num_classes=4, width=32, mul=2, sample_steps=4, num_samples=2,
+                   warm_start_epochs=0, eval_sweep=sweep)
+    x = torch.randn(10, 1, 8, 8)
+    method.after_training(student, lambda: iter([(x[:6], None), (x[6:], None)]))
+    assert method.distill_fit["items"] == 10 and method.distill_fit["relative_residual"] < 1
+    variants = method.extra_evaluations()
+    assert list(variants) == ["x0-Kx1-cfgdefault-tdefault", "ddim-2x1-cfg1.0-tdefault", "distilled"]
+    out = student(x)
+    for predict in variants.values():
+        assert predict(x, out).shape == (10, 4)
+    record = method.extras()["diagnostics"]
+    assert record["sweep_settings"]["x0-Kx1-cfgdefault-tdefault"] == {"sampler": "x0", "steps": 1, "samples": 1,
+                                                                      "cfg": 2.0, "start_step": 999}
+    with pytest.raises(ValueError, match="does not sample a diffusion head"):
+        GenDD(student, teacher, num_classes=4, width=32, eval_sweep=({"sampler": "euler"},))
+    with pytest.raises(ValueError, match="does not sample a flow head"):
+        GenDD(student, teacher, num_classes=4, width=32, objective="flow", sampler="ddpm")
+    flow = GenDD(student, teacher, num_classes=4, width=32, mul=2, objective="flow", sample_steps=2,
+                 warm_start_epochs=0)
+    assert flow.sampling.kind == "euler" and flow.head.out_channels == 64
+    assert set(flow.losses(_batch(x), student(x), teacher(x))) == {"flow"}
+
+
+def _batch(x):
+    from kdbench.method import Batch
+
+    return Batch(x, None, torch.arange(len(x)))

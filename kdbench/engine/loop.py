@@ -322,6 +322,8 @@ def fit(ts: TrainState) -> FitOutcome:
             ts.log(f"{phase.name} epoch {epoch + 1:>3}/{epochs}  loss {line.get('train_loss', float('nan')):.4f}  "
                    f"top1 {result.top1:6.2f}  lr {lr:.3g}  {train_seconds:.2f}s")
     outcome = FitOutcome("done", history, resumes=resumes)
+    ts.method.after_training(ts.student, lambda: eval_batches(ts.train.subset(ts.regime.indices), ts.eval_batch_size,
+                                                              ts.device))
     for name, predict in ts.method.extra_evaluations().items():  # on the last epoch's model
         ts.method.eval()
         outcome.extra[name] = evaluate(ts.student, predict, ts.test, ts.eval_batch_size, ts.regime.groups,

@@ -33,12 +33,18 @@ def cosine_betas(num_steps: int, max_beta: float = 0.999) -> np.ndarray:
 
 
 def space_timesteps(num_steps: int, count: int) -> list[int]:
-    """IDDPM's respacing for one section: ``count`` evenly strided steps of ``range(num_steps)``, both ends kept."""
+    """IDDPM's respacing for one section: ``count`` evenly strided steps of ``range(num_steps)``, both ends kept.
+
+    One step keeps the last timestep (the start of the chain). IDDPM keeps step 0 there, which makes a one-step
+    chain start from noise at t = 0 and return the noise; K = 1 is a sampler of its own here (the issue's
+    one-step prediction), so it starts where the chain starts."""
     if not 1 <= count <= num_steps:
         raise ValueError(f"cannot take {count} steps out of {num_steps}")
     if count == num_steps:
         return list(range(num_steps))
-    stride = (num_steps - 1) / (count - 1) if count > 1 else 1.0
+    if count == 1:
+        return [num_steps - 1]
+    stride = (num_steps - 1) / (count - 1)
     return [round(i * stride) for i in range(count)]
 
 

@@ -14,6 +14,8 @@ Supervised runs first warm-start the student through ``Linear(F_s -> D)`` and th
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,8 +25,12 @@ from torch import nn
 
 from kdbench.method import Batch, Method, Needs, Stage, register_method
 from kdbench.models import Network, Outputs
-from methods.gendd.diffusion import GaussianDiffusion
+from methods.gendd.diffusion import GaussianDiffusion, Schedule, _take
+from methods.gendd.flow import RectifiedFlow
 from methods.gendd.head import DiffusionHead
+
+SAMPLERS = {"diffusion": ("ddpm", "ddim", "x0"), "flow": ("euler",)}
+PREDICTORS = ("distilled",)  # variants that are not samplers of the head
 
 
 def contract(teacher_feature: torch.Tensor, labels: torch.Tensor | None, classifier_weight: torch.Tensor,
@@ -56,10 +62,26 @@ def feature_mixup(z: torch.Tensor, target: torch.Tensor, m: float,
 
 
 def sweep_name(entry: dict) -> str:
-    """A readable name for one sampler setting, e.g. ``ddim-16x1-cfg1-t999``."""
+    """A readable name for one prediction variant, e.g. ``ddim-16x1-cfg1-t999`` or ``distilled``."""
+    if entry.get("sampler") in PREDICTORS:
+        return str(entry["sampler"])
     return "-".join(str(part) for part in (
         entry.get("sampler", "ddpm"), f"{entry.get('steps', 'K')}x{entry.get('samples', 1)}",
         f"cfg{entry.get('cfg', 'default')}", f"t{entry.get('start_step', 'default')}"))
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How tokens are drawn from the trained head: ``kind`` (ddpm, ddim, x0: the one-step x0 estimate from the
+    start step with zero noise; euler for the flow head), ``steps`` K, ``start_step`` (of the 0..999 chain),
+    ``samples`` averaged per image, guidance scale ``cfg``, ``temperature`` (ddpm)."""
+
+    kind: str
+    steps: int
+    start_step: int
+    samples: int
+    cfg: float
+    temperature: float
 
 
 def beta2_at(step: int, total: int, beta2_min: float, beta2_max: float = 0.999) -> float:
@@ -81,18 +103,25 @@ class GenDD(Method):
     def __init__(self, student: Network, teacher: Network | None, *, num_classes: int,
                  token_dim: int = 64, width: int = 1024, depth: int = 3, mul: int = 30, cond_drop: float = 0.2,
                  smooth: float = 0.9, beta: float = 1.0, learn_sigma: bool = True, diffusion_steps: int = 1000,
-                 sample_steps: int = 100, sampler: str = "ddpm", start_step: int = 999, cfg: float = 2.0,
+                 sample_steps: int = 100, sampler: str | None = None, start_step: int = 999, cfg: float = 2.0,
                  temperature: float = 1.0, num_samples: int = 5, val_samples: int = 1,
                  beta2_min: float = 0.95, head_weight_decay: float = 0.0, probe: bool = True,
                  warm_start_epochs: int = 50, warm_start_lr: float = 3e-3,
                  warm_start_weight_decay: float = 5e-2, sample_seed: int = 0,
-                 eval_sweep: tuple[dict, ...] = ()) -> None:
+                 eval_sweep: tuple[dict, ...] = (), objective: str = "diffusion") -> None:
         super().__init__(student, teacher, num_classes=num_classes)
         dim = teacher.feature_dim
         if dim % token_dim:
             raise ValueError(f"teacher feature dimension {dim} is not a multiple of token_dim {token_dim}")
-        if sampler not in ("ddpm", "ddim"):
-            raise ValueError(f"sampler must be 'ddpm' or 'ddim', got '{sampler}'")
+        if objective not in SAMPLERS:
+            raise ValueError(f"objective must be 'diffusion' or 'flow', got '{objective}'")
+        sampler = sampler or SAMPLERS[objective][0]
+        if sampler not in SAMPLERS[objective]:
+            raise ValueError(f"sampler '{sampler}' does not sample a {objective} head (known: "
+                             f"{', '.join(SAMPLERS[objective])})")
+        if not 0 <= start_step < diffusion_steps:
+            raise ValueError(f"start_step must be in [0, {diffusion_steps - 1}], got {start_step}")
+        self.objective = objective
         self.hp = dict(token_dim=token_dim, mul=mul, cond_drop=cond_drop, smooth=smooth, beta=beta, cfg=cfg,
                        sampler=sampler, temperature=temperature, num_samples=num_samples, val_samples=val_samples,
                        beta2_min=beta2_min, head_weight_decay=head_weight_decay, probe=probe,
@@ -101,10 +130,16 @@ class GenDD(Method):
         self.num_tokens = dim // token_dim
         self.sample_seed = sample_seed
         self.cond_norm = nn.LayerNorm(student.feature_dim)
+        learn_sigma = learn_sigma and objective == "diffusion"  # a velocity head has no variance output
         self.head = DiffusionHead(token_dim, student.feature_dim, self.num_tokens, width, depth, learn_sigma)
         self.diffusion = GaussianDiffusion(diffusion_steps, learn_sigma)
+        self.flow = RectifiedFlow(time_scale=float(diffusion_steps)) if objective == "flow" else None
+        self.sampling = Sampling(sampler, sample_steps, start_step, num_samples, cfg, temperature)
         self.schedule = self.diffusion.sampling_schedule(sample_steps, start_step)
+        self._schedules = {(sample_steps, start_step): self.schedule}
         self.sweep = {sweep_name(entry): self._sweep_settings(entry) for entry in eval_sweep}
+        self.distilled: tuple[torch.Tensor, torch.Tensor] | None = None  # (weight, bias) once fitted
+        self.distill_fit: dict[str, Any] = {}
         self.warm_projector = nn.Linear(student.feature_dim, dim) if warm_start_epochs > 0 else None
         classifier = teacher.classifier
         self.register_buffer("teacher_weight", classifier.weight.detach().clone())
@@ -131,9 +166,13 @@ class GenDD(Method):
         idx = torch.arange(self.num_tokens, device=z.device).repeat(z.shape[0] * hp["mul"])
         keep = (torch.rand(cond.shape[0], device=cond.device) >= hp["cond_drop"]).to(cond.dtype)
         cond = cond * keep[:, None]
-        steps = torch.randint(0, self.diffusion.num_steps, (tokens.shape[0],), device=tokens.device)
-        loss = self.diffusion.training_losses(lambda x, tt: self.head(x, tt, cond, idx), tokens, steps)
-        terms = {"diffusion": loss["loss"].mean()}
+        if self.flow is not None:
+            loss = self.flow.training_losses(lambda x, tt: self.head(x, tt, cond, idx), tokens)
+            terms = {"flow": loss["loss"].mean()}
+        else:
+            steps = torch.randint(0, self.diffusion.num_steps, (tokens.shape[0],), device=tokens.device)
+            loss = self.diffusion.training_losses(lambda x, tt: self.head(x, tt, cond, idx), tokens, steps)
+            terms = {"diffusion": loss["loss"].mean()}
         if batch.y is not None and hp["probe"]:
             terms["probe_ce"] = F.cross_entropy(self._student_fc(s.feature.detach()), batch.y)
         return terms
@@ -177,52 +216,102 @@ class GenDD(Method):
         return F.linear(self.warm_projector(s.feature), self.teacher_weight, self.teacher_bias)
 
     # ------------------------------------------------------------------ prediction
-    def sample_features(self, z: torch.Tensor, num_samples: int, schedule: Any = None, sampler: str | None = None,
-                        cfg: float | None = None, temperature: float | None = None) -> torch.Tensor:
+    def sample_features(self, z: torch.Tensor, sampling: Sampling | None = None,
+                        num_samples: int | None = None) -> torch.Tensor:
         """``num_samples`` sampled teacher-space features per condition row, averaged: B x D.
 
         The noise comes from a generator of its own (seeded with ``sample_seed``), so evaluating never moves the
         training RNG: two runs that differ only in how they sample train identically."""
-        hp = self.hp
-        schedule = self.schedule if schedule is None else schedule
-        cfg = hp["cfg"] if cfg is None else cfg
+        sampling = sampling or self.sampling
+        samples = 1 if sampling.kind == "x0" else (sampling.samples if num_samples is None else num_samples)
         batch = z.shape[0]
-        cond = z.repeat_interleave(self.num_tokens, dim=0).repeat(num_samples, 1)
-        idx = torch.arange(self.num_tokens, device=z.device).repeat(batch * num_samples)
+        cond = z.repeat_interleave(self.num_tokens, dim=0).repeat(samples, 1)
+        idx = torch.arange(self.num_tokens, device=z.device).repeat(batch * samples)
+        model = lambda x, t: self.head.forward_with_cfg(x, t, cond, idx, sampling.cfg)
         generator = torch.Generator(device=z.device).manual_seed(self.sample_seed)
-        noise = torch.randn(cond.shape[0], hp["token_dim"], device=z.device, dtype=z.dtype, generator=generator)
-        tokens = self.diffusion.sample(lambda x, t: self.head.forward_with_cfg(x, t, cond, idx, cfg), noise,
-                                       schedule, sampler or hp["sampler"],
-                                       hp["temperature"] if temperature is None else temperature,
-                                       generator=generator)
-        return tokens.reshape(num_samples, batch, -1).mean(0)
+        shape = (cond.shape[0], self.hp["token_dim"])
+        if sampling.kind == "x0":
+            tokens = one_step_x0(self.diffusion, model, torch.zeros(shape, device=z.device, dtype=z.dtype),
+                                 sampling.start_step)
+        else:
+            noise = torch.randn(shape, device=z.device, dtype=z.dtype, generator=generator)
+            if sampling.kind == "euler":
+                tokens = self.flow.sample(model, noise, sampling.steps,
+                                          (sampling.start_step + 1) / self.diffusion.num_steps)
+            else:
+                key = (sampling.steps, sampling.start_step)
+                if key not in self._schedules:  # respacing is Python work: once per setting, not per batch
+                    self._schedules[key] = self.diffusion.sampling_schedule(*key)
+                schedule = self._schedules[key]
+                tokens = self.diffusion.sample(model, noise, schedule, sampling.kind, sampling.temperature,
+                                               generator=generator)
+        return tokens.reshape(samples, batch, -1).mean(0)
 
-    def _sweep_settings(self, entry: dict) -> dict[str, Any]:
-        unknown = set(entry) - {"sampler", "steps", "samples", "cfg", "start_step", "temperature"}
+    def _sweep_settings(self, entry: dict) -> Sampling | str:
+        known = {"sampler", "steps", "samples", "cfg", "start_step", "temperature", "items", "ridge"}
+        unknown = set(entry) - known
         if unknown:
-            raise ValueError(f"eval_sweep: unknown key(s) {sorted(unknown)} (known: cfg, sampler, samples, "
-                             f"start_step, steps, temperature)")
-        hp = self.hp
-        return {"schedule": self.diffusion.sampling_schedule(int(entry.get("steps", self.schedule.num_steps)),
-                                                             int(entry.get("start_step",
-                                                                           self.schedule.timesteps[-1]))),
-                "sampler": entry.get("sampler", hp["sampler"]), "num_samples": int(entry.get("samples", 1)),
-                "cfg": float(entry.get("cfg", hp["cfg"])), "temperature": float(entry.get("temperature",
-                                                                                          hp["temperature"]))}
+            raise ValueError(f"eval_sweep: unknown key(s) {sorted(unknown)} (known: {', '.join(sorted(known))})")
+        kind = entry.get("sampler", self.sampling.kind)
+        if kind in PREDICTORS:
+            self._distill_options = {"items": entry.get("items"), "ridge": float(entry.get("ridge", 1e-4))}
+            return kind
+        if kind not in SAMPLERS[self.objective]:
+            raise ValueError(f"eval_sweep: sampler '{kind}' does not sample a {self.objective} head (known: "
+                             f"{', '.join(SAMPLERS[self.objective] + PREDICTORS)})")
+        start = int(entry.get("start_step", self.sampling.start_step))
+        if not 0 <= start < self.diffusion.num_steps:
+            raise ValueError(f"eval_sweep: start_step must be in [0, {self.diffusion.num_steps - 1}], got {start}")
+        return Sampling(kind, int(entry.get("steps", self.sampling.steps)), start, int(entry.get("samples", 1)),
+                        float(entry.get("cfg", self.sampling.cfg)),
+                        float(entry.get("temperature", self.sampling.temperature)))
+
+    def after_training(self, student: Network, batches: Callable[[], Iterator[tuple[torch.Tensor,
+                                                                                       torch.Tensor]]]) -> None:
+        """Fit the distilled predictor when the sweep asks for it: ridge regression (float64, with a bias) from
+        the condition ``LayerNorm(f_s)`` to the authors' sampler's averaged sample, over the training items."""
+        if "distilled" not in self.sweep:
+            return
+        options = self._distill_options
+        zs, targets, seen = [], [], 0
+        student.eval()
+        self.eval()
+        with torch.no_grad():
+            for x, _ in batches():
+                if options["items"] is not None and seen >= options["items"]:
+                    break
+                z = self.cond_norm(student(x).feature)
+                zs.append(z.double())
+                targets.append(self.sample_features(z).double())
+                seen += len(x)
+        z, y = torch.cat(zs), torch.cat(targets)
+        if options["items"] is not None:
+            z, y = z[: options["items"]], y[: options["items"]]
+        self.distilled = fit_linear_map(z, y, options["ridge"])
+        fitted = apply_linear_map(z, self.distilled)
+        self.distill_fit = {"items": len(z), "ridge": options["ridge"],
+                            "relative_residual": float((fitted - y).norm() / y.norm().clamp(min=1e-12))}
+
+    def _distilled_features(self, z: torch.Tensor) -> torch.Tensor:
+        if self.distilled is None:
+            raise RuntimeError("the distilled predictor is fitted after training (after_training)")
+        return apply_linear_map(z, self.distilled)
 
     def extra_evaluations(self) -> dict[str, Any]:
-        """The sampler sweep: each setting's prediction from the same trained head."""
-        def predictor(settings: dict[str, Any]) -> Any:
+        """The prediction variants: each setting's prediction from the same trained head (and the distilled map)."""
+        def predictor(setting: Sampling | str) -> Any:
             @torch.no_grad()
             def predict(x: torch.Tensor, s: Outputs) -> torch.Tensor:
-                features = self.sample_features(self.cond_norm(s.feature), **settings)
+                z = self.cond_norm(s.feature)
+                features = self._distilled_features(z) if setting == "distilled" else self.sample_features(z, setting)
                 return F.linear(features, self.teacher_weight, self.teacher_bias)
             return predict
-        return {name: predictor(settings) for name, settings in self.sweep.items()}
+        return {name: predictor(setting) for name, setting in self.sweep.items()}
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, s: Outputs, *, final: bool = False) -> torch.Tensor:
-        features = self.sample_features(self.cond_norm(s.feature), self.hp["num_samples" if final else "val_samples"])
+        features = self.sample_features(self.cond_norm(s.feature),
+                                        num_samples=self.hp["num_samples" if final else "val_samples"])
         if final:
             finite = torch.isfinite(features).all(dim=1)
             self._stats["nonfinite_samples"] += int((~finite).sum())
@@ -240,16 +329,50 @@ class GenDD(Method):
         return {
             "cost": {"head_params": sum(p.numel() for p in self.head.parameters()),
                      "head_rows_per_image_train": self.num_tokens * hp["mul"],
-                     "head_rows_per_image_predict": self.num_tokens * self.schedule.num_steps * branches
+                     "head_rows_per_image_predict": self.num_tokens * self.sampling.steps * branches
                      * hp["num_samples"],
-                     "sample_steps": self.schedule.num_steps},
+                     "sample_steps": self.sampling.steps},
             "diagnostics": {"target_norm_mean": target_norm, "sampled_norm_mean": sample_norm,
                             "sampled_to_target_norm_ratio": sample_norm / target_norm
                             if sample_norm is not None and target_norm else None,
                             "nonfinite_samples": st["nonfinite_samples"],
-                            "first_sampling_timestep": int(self.schedule.timesteps[-1]),
-                            "sweep_settings": {name: {"sampler": st["sampler"], "steps": st["schedule"].num_steps,
-                                                      "samples": st["num_samples"], "cfg": st["cfg"],
-                                                      "start_step": int(st["schedule"].timesteps[-1])}
-                                               for name, st in self.sweep.items()}},
+                            "first_sampling_timestep": int(self.sampling.start_step),
+                            "objective": self.objective,
+                            "sampler": {"sampler": self.sampling.kind, "steps": self.sampling.steps,
+                                        "samples": self.sampling.samples, "cfg": self.sampling.cfg,
+                                        "start_step": self.sampling.start_step},
+                            "sweep_settings": {name: _setting_record(st) for name, st in self.sweep.items()},
+                            **({"distilled_fit": self.distill_fit} if self.distill_fit else {})},
         }
+
+
+def _setting_record(setting: Sampling | str) -> dict[str, Any]:
+    if isinstance(setting, str):
+        return {"sampler": setting}
+    return {"sampler": setting.kind, "steps": 1 if setting.kind == "x0" else setting.steps,
+            "samples": 1 if setting.kind == "x0" else setting.samples, "cfg": setting.cfg,
+            "start_step": setting.start_step}
+
+
+def one_step_x0(diffusion: GaussianDiffusion, model: Any, x: torch.Tensor, start_step: int) -> torch.Tensor:
+    """The head's x0 estimate in one evaluation at ``start_step``: ``sqrt(1/a) x - sqrt(1/a - 1) eps(x, t)``
+    with ``a = alpha_bar(start_step)`` (``x`` = zeros: the deterministic one-step prediction)."""
+    table: Schedule = diffusion.train_schedule
+    t = torch.full((x.shape[0],), start_step, dtype=torch.long, device=x.device)
+    eps = model(x, t)[:, : x.shape[1]]
+    return _take(table.sqrt_recip_alphas_cumprod, t, x) * x - _take(table.sqrt_recipm1_alphas_cumprod, t, x) * eps
+
+
+def fit_linear_map(z: torch.Tensor, y: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ridge regression ``y ~ z W + b`` in float64 (the bias unpenalised): returns (W, b)."""
+    z_mean, y_mean = z.mean(0), y.mean(0)
+    zc, yc = z - z_mean, y - y_mean
+    gram = zc.T @ zc + ridge * len(z) * torch.eye(z.shape[1], dtype=z.dtype, device=z.device)
+    weight = torch.linalg.solve(gram, zc.T @ yc)
+    return weight, y_mean - z_mean @ weight
+
+
+def apply_linear_map(z: torch.Tensor, fitted: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """``z W + b`` in ``z``'s dtype: one matrix product."""
+    weight, bias = fitted
+    return torch.addmm(bias.to(z), z, weight.to(z))
