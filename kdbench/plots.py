@@ -129,6 +129,36 @@ def gendd_sampler_curves(frame: pd.DataFrame, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def prediction_variants(summary: pd.DataFrame, title: str, path: Path) -> Path | None:
+    """Accuracy vs latency of every prediction variant of the same trained runs (one point per method and
+    variant, mean top-1 ± sd against median ms/img at batch 1), with the goal's latency and accuracy bounds."""
+    from kdbench.variants import GOAL_DROP, GOAL_RATIO, OWN
+
+    if summary.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, group in summary.groupby("label"):
+        own = group[group["variant"] == OWN]
+        for _, v in group.iterrows():
+            if pd.isna(v["ms_b1"]) or v["top1_mean"] is None:
+                continue
+            marker = "*" if v["variant"] == OWN else ("o" if v["meets_goal"] else "x")
+            ax.errorbar(v["ms_b1"], v["top1_mean"], yerr=0 if pd.isna(v["top1_sd"]) else v["top1_sd"],
+                        fmt=marker, markersize=10 if marker == "*" else 6, capsize=3)
+            ax.annotate(f"{label}: {v['variant']}", (v["ms_b1"], v["top1_mean"]), textcoords="offset points",
+                        xytext=(5, 3), fontsize=6)
+        if not own.empty and pd.notna(own["x_student"].iloc[0]) and own["x_student"].iloc[0]:
+            student_ms = own["ms_b1"].iloc[0] / own["x_student"].iloc[0]
+            ax.axvline(GOAL_RATIO * student_ms, ls="--", color="gray", lw=0.8)
+            ax.axhline(own["top1_mean"].iloc[0] - GOAL_DROP, ls=":", color="gray", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"ms/img at batch 1 (log); dashed: {GOAL_RATIO:g}x the student's forward")
+    ax.set_ylabel(f"top-1 %, mean ± sd; dotted: own prediction - {GOAL_DROP:g}")
+    ax.set_title(f"prediction variants · {title}  (* own prediction, o meets the goal, x misses)", fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
 def gendd_parameter_curve(frame: pd.DataFrame, parameter: str, path: Path) -> Path | None:
     """Top-1 (last) and ms/img vs one GenDD hyper-parameter, over GenDD runs that differ in it."""
     column = f"param_{parameter}"
@@ -170,6 +200,13 @@ def write_plots(records: object, out: Path) -> list[Path]:
         jobs.append((accuracy_vs_latency, (cell, title, out / "plots" / f"accuracy_vs_latency_{_slug(*key)}.png")))
         jobs.append((learning_curves, (cell, title, out / "plots" / f"learning_curves_{_slug(*key)}.png")))
     jobs.append((gendd_sampler_curves, (students, out / "plots" / "gendd_sampling_steps.png")))
+    from kdbench.variants import variant_rows, variant_summary
+
+    variants = variant_summary(variant_rows(frame))
+    if not variants.empty:
+        for key, cell in variants.groupby(CELL, dropna=False, sort=True):
+            title = " · ".join(str(k) for k in key[:2]) + f" · {key[2]} -> {key[3]}"
+            jobs.append((prediction_variants, (cell, title, out / "plots" / f"prediction_variants_{_slug(*key)}.png")))
     for parameter in ("token_dim", "smooth", "sample_steps"):
         jobs.append((gendd_parameter_curve, (students, parameter, out / "plots" / f"gendd_{parameter}.png")))
     for plot, args in jobs:

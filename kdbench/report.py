@@ -29,6 +29,7 @@ from tabulate import tabulate
 from kdbench import store
 from kdbench.reference import load_published, lookup
 from kdbench.stats import PairedDelta, Summary, paired_delta, summarize
+from kdbench.variants import GOAL_DROP, GOAL_RATIO, OWN, REFERENCE, variant_rows, variant_summary
 
 CELL = ["dataset", "regime", "teacher", "student"]
 ACCURACY = [("top1_last", "top1 last"), ("top1_best", "top1 best*"), ("top1_val", "top1 val-sel."),
@@ -242,15 +243,52 @@ def _teacher_title(frame: pd.DataFrame, cell: pd.DataFrame, published: pd.DataFr
 
 
 def cell_tables(records: Records, published: pd.DataFrame | None = None) -> list[tuple[str, list[Table]]]:
-    """Per cell: its title and its accuracy, stability and cost tables."""
+    """Per cell: its title and its accuracy, stability and cost tables, and the prediction-variants table where
+    runs evaluated other predictors of their trained model (GenDD's samplers)."""
     frame = records.frame
+    variants = variant_summary(variant_rows(frame))
     out = []
     for key, cell in _cells(frame):
         dataset, regime, teacher, student = key
         title = f"{dataset} · {regime} · {teacher} -> {student}   ({_teacher_title(frame, cell, published)})"
         stats = cell_methods(cell, published)
-        out.append((title, [_accuracy_table(stats), _stability_table(stats), _cost_table(stats)]))
+        tables = [_accuracy_table(stats), _stability_table(stats), _cost_table(stats)]
+        if not variants.empty:
+            mine = variants[(variants[CELL] == pd.Series(key, index=CELL)).all(axis=1)]
+            if not mine.empty:
+                tables.append(_variants_table(mine))
+        out.append((title, tables))
     return out
+
+
+def _variants_table(variants: pd.DataFrame) -> Table:
+    batch = variants["batch"].dropna()
+    big = f"ms/img b{batch.iloc[0]}" if not batch.empty else "ms/img batch"
+    headers = ["method", "variant", "how", "n", "top1", "Δ vs own", f"Δ vs {REFERENCE}", "ms/img b1", "x student",
+               big, "MFLOPs/img", f"goal (<= {GOAL_RATIO:g}x, >= -{GOAL_DROP:g})"]
+    rows = []
+
+    def paired(mean: Any, half: Any, n: Any) -> str:
+        if mean is None or pd.isna(mean):
+            return ""
+        return f"{mean:+.2f}{'' if half is None or pd.isna(half) else f' ±{half:.2f}'} ({n})"
+
+    for _, v in variants.iterrows():
+        if v["top1_mean"] is None or pd.isna(v["top1_mean"]):
+            top1 = "-"
+        else:
+            spread = "" if v["n"] < 2 or pd.isna(v["top1_sd"]) else f" ± {v['top1_sd']:.2f}"
+            top1 = f"{v['top1_mean']:.2f}{spread}"
+        own = v["variant"] == OWN
+        delta = "" if own else paired(v["delta_mean"], v["delta_ci95"], v["n"])
+        vs_ref = "" if own and v["label"] == REFERENCE else paired(v["delta_ref_mean"], v["delta_ref_ci95"],
+                                                                   v["delta_ref_n"])
+        flops = None if v["flops"] is None or pd.isna(v["flops"]) else v["flops"] / 1e6
+        rows.append([v["label"], v["variant"], v["how"], str(v["n"]), top1, delta, vs_ref, _num(v["ms_b1"]),
+                     _num(v["x_student"]), _num(v["ms_batch"]), _num(flops),
+                     "" if v["variant"] == OWN else ("yes" if v["meets_goal"] else "no")])
+    return Table("prediction variants of the same trained runs (paired with each run's own prediction; medians "
+                 "of timings)", headers, rows)
 
 
 def _accuracy_table(stats: list[MethodStats]) -> Table:
@@ -364,6 +402,10 @@ def render(records: Records, fmt: str = "text", published: pd.DataFrame | None =
     if fmt == "csv":
         buffer = io.StringIO()
         cell_stats(records.frame, published).to_csv(buffer, index=False)
+        variants = variant_summary(variant_rows(records.frame))
+        if not variants.empty:  # a second block: the prediction variants, one row per (cell, method, variant)
+            buffer.write("\n")
+            variants.to_csv(buffer, index=False)
         return buffer.getvalue()
     style = STYLES[fmt]
     parts = []
