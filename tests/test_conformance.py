@@ -23,8 +23,10 @@ SMALL = {"width": 32, "mul": 2, "sample_steps": 4, "num_samples": 2, "warm_start
 TRAIN_SIZE = 40  # the batch's items are dataset indices 0..7 of a 40-item training split
 
 # methods that need labels are refused for the unlabeled regime at validation, so they are not run without
-CASES = [(name, labeled) for name in REGISTRY.names() for labeled in (True, False)
+CASES = [(name, labeled, {}) for name in REGISTRY.names() for labeled in (True, False)
          if labeled or not REGISTRY.get(name).needs.labels]
+# variants of a method that change what it trains: GenDD's flow-matching head
+CASES += [("gendd", labeled, {"objective": "flow"}) for labeled in (True, False)]
 
 
 def _pair():
@@ -34,7 +36,7 @@ def _pair():
     return student, teacher
 
 
-def _build(name: str):
+def _build(name: str, extra: dict | None = None):
     from kdbench.method import hyperparameters
 
     cls = REGISTRY.get(name)
@@ -42,15 +44,17 @@ def _build(name: str):
     if cls.incompatibility(student, teacher):  # e.g. KD-SVD needs equal stage channels: same architecture twice
         torch.manual_seed(0)
         student = create_network("kdb_cnn_small", num_classes=4, in_chans=1)
-    kwargs = {k: v for k, v in SMALL.items() if k in hyperparameters(cls)}
+    kwargs = {**{k: v for k, v in SMALL.items() if k in hyperparameters(cls)}, **(extra or {})}
     method = cls(student, teacher if cls.needs.teacher else None, num_classes=4, **kwargs)
     method.bind_data(TRAIN_SIZE)
     return cls, student, teacher, method
 
 
-@pytest.mark.parametrize(("name", "labeled"), CASES)
-def test_one_training_step_per_phase(name: str, labeled: bool) -> None:
-    cls, student, teacher, method = _build(name)
+@pytest.mark.parametrize(("name", "labeled", "extra"), CASES,
+                         ids=[f"{n}-{'labeled' if lab else 'unlabeled'}{''.join(f'-{v}' for v in e.values())}"
+                              for n, lab, e in CASES])
+def test_one_training_step_per_phase(name: str, labeled: bool, extra: dict) -> None:
+    cls, student, teacher, method = _build(name, extra)
     x = torch.randn(8, 1, 8, 8)
     labels = torch.arange(TRAIN_SIZE) % 4
     batch = Batch(x=x, y=labels[:8] if labeled else None, index=torch.arange(8))

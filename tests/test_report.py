@@ -135,3 +135,47 @@ def test_a_failing_plot_is_reported_not_fatal(results: Path, tmp_path: Path, mon
     written = write_outputs(load_records(results), tmp_path / "out")
     assert (tmp_path / "out" / "report.html") in written
     assert "plot broken failed: ValueError: cannot draw" in capsys.readouterr().err
+
+
+def _timed(top1: float, ms: float, ratio: float) -> dict:
+    return {"top1": top1, "predict_ms_per_img_b1": ms, "predict_ms_per_img_b64": ms / 10,
+            "predict_vs_student_b1": ratio, "predict_flops_per_img": 1e6 * ratio, "student_flops_per_img": 1e6}
+
+
+def test_prediction_variants_are_paired_by_seed_and_judged_against_the_authors_sampler(tmp_path: Path) -> None:
+    from kdbench.plots import write_plots
+    from kdbench.variants import variant_rows, variant_summary
+
+    suite = tmp_path / "fast"
+    for seed, own, flow in ((0, 90.0, 88.0), (1, 92.0, 91.0)):
+        gendd = _record(f"g{seed}", "gendd", seed, own)
+        gendd["cost"] = {"predict_ms_per_img_b1": 50.0, "predict_vs_student_b1": 100.0}
+        gendd["diagnostics"] = {"sampler": {"sampler": "ddpm", "steps": 100, "samples": 5, "cfg": 2.0,
+                                            "start_step": 999},
+                                "sweep_settings": {"x0": {"sampler": "x0", "steps": 1, "samples": 1, "cfg": 2.0,
+                                                          "start_step": 999},
+                                                   "distilled": {"sampler": "distilled"}}}
+        gendd["extra_evaluations"] = {"x0": _timed(own - 1.0, 1.0, 2.5), "distilled": _timed(own - 0.2, 0.6, 1.2)}
+        store.atomic_write_json(suite / "runs" / f"g{seed}" / "result.json", gendd)
+        flow_record = _record(f"f{seed}", "gendd_flow", seed, flow)
+        flow_record["spec"]["method"] = "gendd"
+        flow_record["extra_evaluations"] = {"euler-1": _timed(flow + 0.5, 0.9, 1.9)}
+        store.atomic_write_json(suite / "runs" / f"f{seed}" / "result.json", flow_record)
+    records = load_records(tmp_path)
+    summary = variant_summary(variant_rows(records.frame)).set_index(["label", "variant"])
+    x0, distilled = summary.loc[("gendd", "x0")], summary.loc[("gendd", "distilled")]
+    assert x0["delta_mean"] == pytest.approx(-1.0) and x0["delta_ref_mean"] == pytest.approx(-1.0)
+    assert not x0["meets_goal"]  # 2.5x the student and 1 point below
+    assert distilled["meets_goal"] and distilled["x_student"] == pytest.approx(1.2)
+    # the flow head's Euler step: +0.5 over its own prediction, but (88.5 - 90 + 91.5 - 92) / 2 = -1.0 vs GenDD's
+    euler = summary.loc[("gendd_flow", "euler-1")]
+    assert euler["delta_mean"] == pytest.approx(0.5) and euler["delta_ref_mean"] == pytest.approx(-1.0)
+    assert euler["delta_ref_n"] == 2 and not euler["meets_goal"]
+    own = summary.loc[("gendd", "own prediction")]
+    assert own["how"] == "ddpm K=100 x5 cfg 2 t999" and own["ms_b1"] == pytest.approx(50.0)
+    text = render(records)
+    assert "prediction variants" in text and "linear map of LN(f_s)" in text
+    csv_blocks = render(records, "csv").split("\n\n")
+    assert len(csv_blocks) == 2 and "meets_goal" in csv_blocks[1]
+    plots = [p.name for p in write_plots(records, tmp_path / "out")]
+    assert "prediction_variants_digits_balanced_t_s.png" in plots
