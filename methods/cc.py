@@ -9,26 +9,16 @@ images' embedding gaps). ``loss = ce * CE + weight * CC``. Defaults: RepDistille
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from kdbench.method import Batch, Method, Needs, ce_term, register_method
 from kdbench.models import Network, Outputs
+from methods.feature_utils import NormalizedEmbed
 
 
 def cc_loss(student_embedding: torch.Tensor, teacher_embedding: torch.Tensor) -> torch.Tensor:
     """``mean_b sum_d |e_s - e_t|[b, d] * |e_s - e_t|[b + 1, d]`` over consecutive images of the batch."""
     delta = (student_embedding - teacher_embedding).abs()
     return (delta[:-1] * delta[1:]).sum(1).mean()
-
-
-class _Embed(nn.Module):
-    def __init__(self, dim_in: int, dim_out: int) -> None:
-        super().__init__()
-        self.linear = nn.Linear(dim_in, dim_out)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.linear(x.flatten(1)), dim=1)
 
 
 @register_method("cc")
@@ -43,8 +33,8 @@ class CC(Method):
                  embed_dim: int = 128, ce: float = 1.0) -> None:
         super().__init__(student, teacher, num_classes=num_classes)
         self.weight, self.ce = weight, ce
-        self.embed_s = _Embed(student.feature_dim, embed_dim)
-        self.embed_t = _Embed(teacher.feature_dim, embed_dim)
+        self.embed_s = NormalizedEmbed(student.feature_dim, embed_dim)
+        self.embed_t = NormalizedEmbed(teacher.feature_dim, embed_dim)
 
     def losses(self, batch: Batch, s: Outputs, t: Outputs | None) -> dict[str, torch.Tensor]:
         terms = {"cc": self.weight * cc_loss(self.embed_s(s.feature), self.embed_t(t.feature.detach()))}

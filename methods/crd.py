@@ -22,6 +22,7 @@ from torch import nn
 from kdbench.engine import distributed
 from kdbench.method import Batch, Method, Needs, ce_term, register_method
 from kdbench.models import Network, Outputs
+from methods.feature_utils import NormalizedEmbed
 
 
 def nce_loss(scores: torch.Tensor, num_data: int, eps: float = 1e-7) -> torch.Tensor:
@@ -69,17 +70,6 @@ class ContrastMemory(nn.Module):
             memory.index_copy_(0, index, F.normalize(mixed, dim=1))
 
 
-class Embed(nn.Module):
-    """Linear projection to the contrast space, L2-normalised."""
-
-    def __init__(self, dim_in: int, dim_out: int) -> None:
-        super().__init__()
-        self.linear = nn.Linear(dim_in, dim_out)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.linear(x.flatten(1)), dim=1)
-
-
 @register_method("crd")
 class CRD(Method):
     """Contrastive representation distillation with a momentum memory bank of negatives."""
@@ -94,8 +84,8 @@ class CRD(Method):
         super().__init__(student, teacher, num_classes=num_classes)
         self.weight, self.ce = weight, ce
         self.feat_dim, self.nce_t, self.momentum = feat_dim, nce_t, momentum
-        self.embed_s = Embed(student.feature_dim, feat_dim)
-        self.embed_t = Embed(teacher.feature_dim, feat_dim)
+        self.embed_s = NormalizedEmbed(student.feature_dim, feat_dim)
+        self.embed_t = NormalizedEmbed(teacher.feature_dim, feat_dim)
         self.memory: ContrastMemory | None = None
         self.needs = Needs(labels=False, teacher=True, negatives=negatives)
 

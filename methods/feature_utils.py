@@ -72,3 +72,14 @@ def init_stage(name: str, epochs: int, lr: float, losses: LossFn,
     return Stage(name=name, epochs=epochs, recipe=recipe, losses=losses, predict=lambda x, s: s.logits,
                  param_groups=lambda student: [{"params": params(student), "name": name}],
                  student_train_mode=False)
+
+
+class NormalizedEmbed(nn.Module):
+    """Linear projection of a (flattened) feature, L2-normalised: RepDistiller's ``Embed`` (CC, CRD)."""
+
+    def __init__(self, dim_in: int, dim_out: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(dim_in, dim_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.linear(x.flatten(1)), dim=1)
