@@ -98,4 +98,6 @@ def variant_summary(rows: pd.DataFrame) -> pd.DataFrame:
                     "ms_b1": group["ms_b1"].median(), "ms_batch": group["ms_batch"].median(),
                     "batch": group["batch"].iloc[0], "x_student": ratio, "flops": group["flops"].median(),
                     "student_flops": group["student_flops"].median(), "meets_goal": bool(meets)})
-    return pd.DataFrame(out)
+    table = pd.DataFrame(out)
+    table["_own_last"] = table["variant"] != OWN  # each method's own prediction first, then its variants by name
+    return table.sort_values([*cell, "label", "_own_last", "variant"]).drop(columns="_own_last").reset_index(drop=True)
