@@ -131,6 +131,11 @@ def test_image_folder_loads_class_folders_with_train_and_eval_transforms(tmp_pat
     assert [len(b.x) for b in batches] == [4, 4] and all(b.y is None for b in batches)  # lone last image dropped
     again = list(train_batches(splits.train, np.arange(9), 4, labeled=False, seed=0, epoch=0))
     assert all(torch.equal(a.x, b.x) for a, b in zip(batches, again, strict=True))
+    # file-backed splits hand CRD's negatives too: other classes' items, the images unchanged
+    contrast = list(train_batches(splits.train, np.arange(9), 4, labeled=True, seed=0, epoch=0, negatives=5))
+    for plain, with_negatives in zip(batches, contrast, strict=True):
+        assert torch.equal(plain.x, with_negatives.x) and with_negatives.negatives.shape == (4, 5)
+        assert not (splits.train.y[with_negatives.negatives] == with_negatives.y[:, None]).any()
 
 
 def test_image_folder_decodes_the_same_with_worker_processes(tmp_path: Path) -> None:
