@@ -60,6 +60,16 @@ def _check_collectives(expected_world: int) -> None:
     rows = distributed.gather_rows(memory.memory_s[None])
     assert torch.equal(rows[0], rows[1])
     assert (memory.memory_s != before).any(dim=1).nonzero().flatten().tolist() == [0, 1, 2, 3]
+    # GenDD's distilled map: every rank fits from its shard's statistics summed over ranks, so every rank holds
+    # the map fitted on all rows (shards of unequal size: 7 and 5 rows)
+    from methods.gendd.method import fit_linear_map
+
+    generator = torch.Generator().manual_seed(3)
+    z, y = torch.randn(12, 3, generator=generator), torch.randn(12, 2, generator=generator)
+    mine = slice(0, 7) if r == 0 else slice(7, 12)
+    weight, bias = fit_linear_map(z[mine], y[mine], 1e-3, reduce=distributed.sum_across)
+    whole_weight, whole_bias = fit_linear_map(z, y, 1e-3)
+    assert torch.allclose(weight, whole_weight, atol=1e-12) and torch.allclose(bias, whole_bias, atol=1e-12)
 
 
 def test_collectives_average_gradients_and_shard_batches() -> None:

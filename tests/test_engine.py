@@ -150,6 +150,17 @@ def test_gendd_record_states_stages_costs_and_diagnostics(tmp_path: Path) -> Non
     assert "predict_ms_per_img_b1" in record["extra_evaluations"]["ddim-2x1-cfgdefault-tdefault"]
 
 
+def test_unlabeled_gendd_has_no_warm_start_and_reports_no_untrained_probe(tmp_path: Path) -> None:
+    """Without labels the student's fc is never trained, so its accuracy is not a probe and is not recorded."""
+    plan = expand(validate(tiny_suite(regimes=[{"name": "unlabeled"}], methods=[GENDD_SMALL])))
+    dispatch(plan, tmp_path, DEBUG, progress=False)
+    record = store.load_result(tmp_path / "tiny" / "runs" / next(iter(plan.runs)))
+    assert record["state"] == "done", record.get("error")
+    assert record["cost"]["extra_epochs"] == {} and record["cost"]["total_epochs"] == 3
+    assert "top1_last" in record["metrics"]
+    assert not [key for key in record["metrics"] if "probe" in key]
+
+
 @pytest.mark.parametrize("crash_at", ["warm_start epoch   1/", "main epoch   2/"])
 def test_gendd_resume_across_its_stages_ends_with_the_same_numbers(tmp_path: Path, crash_at: str) -> None:
     plan = _plan(methods=[GENDD_SMALL])

@@ -27,6 +27,7 @@ from methods.gendd.method import (
     feature_mixup,
     fit_linear_map,
     join_tokens,
+    linear_map_statistics,
     one_step_x0,
     split_tokens,
 )
@@ -316,6 +317,23 @@ def test_distilled_predictor_reproduces_linear_targets_and_reports_its_residual(
     assert torch.allclose(fitted[0], weight, atol=1e-6) and torch.allclose(fitted[1], bias, atol=1e-6)
     noisy = fit_linear_map(z, y + 0.1 * torch.randn_like(y), ridge=1e-4)
     assert (apply_linear_map(z, noisy) - y).abs().max() < 0.1
+
+
+def test_distilled_map_fitted_on_shards_equals_the_fit_on_their_union() -> None:
+    """Under data-parallel training each rank fits from its shard's statistics summed over ranks: the map must
+    be the one fitted on all rows (here two shards of unequal size, the sum standing for the all-reduce)."""
+    torch.manual_seed(1)
+    z, y = torch.randn(301, 4, dtype=torch.float64), torch.randn(301, 3, dtype=torch.float64)
+    other = linear_map_statistics(z[200:], y[200:])
+    sharded = fit_linear_map(z[:200], y[:200], ridge=1e-3, reduce=lambda stats: stats + other)
+    whole = fit_linear_map(z, y, ridge=1e-3)
+    # the closed form on centred data, written out: (Zc^T Zc + ridge n I)^-1 Zc^T Yc
+    zc, yc = z - z.mean(0), y - y.mean(0)
+    closed = torch.linalg.solve(zc.T @ zc + 1e-3 * len(z) * torch.eye(4, dtype=z.dtype), zc.T @ yc)
+    for a, b in zip(sharded, whole, strict=True):
+        assert torch.allclose(a, b, atol=1e-10)
+    assert torch.allclose(whole[0], closed, atol=1e-10)
+    assert torch.allclose(whole[1], y.mean(0) - z.mean(0) @ closed, atol=1e-10)
 
 
 def test_flow_sampler_with_an_exact_velocity_oracle_reaches_its_target() -> None:

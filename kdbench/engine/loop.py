@@ -252,7 +252,8 @@ def _eval(ts: TrainState, phase: Phase, final: bool = False, data: TensorData | 
     predict = (lambda x, out: phase.predict(x, out, final=True)) if final else phase.predict
     return evaluate(ts.student, predict, ts.test if data is None else data, ts.eval_batch_size,
                     ts.regime.groups if data is None else None, ts.device,
-                    probe=phase.main and ts.method.reports_probe and data is None, precision=ts.precision)
+                    probe=phase.main and ts.method.reports_probe and ts.regime.labeled and data is None,
+                    precision=ts.precision)
 
 
 def _state(ts: TrainState) -> dict[str, Any]:

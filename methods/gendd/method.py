@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdbench.engine import distributed
 from kdbench.method import Batch, Method, Needs, Stage, register_method
 from kdbench.models import Network, Outputs
 from methods.gendd.diffusion import GaussianDiffusion, Schedule, _take
@@ -273,24 +274,28 @@ class GenDD(Method):
         if "distilled" not in self.sweep:
             return
         options = self._distill_options
+        # under data-parallel training each rank sees its shard: ``items`` is split among the ranks and the
+        # fit's statistics are summed over them, so every rank holds the same map
+        items = None if options["items"] is None else -(-options["items"] // distributed.world_size())
         zs, targets, seen = [], [], 0
         student.eval()
         self.eval()
         with torch.no_grad():
             for x, _ in batches():
-                if options["items"] is not None and seen >= options["items"]:
+                if items is not None and seen >= items:
                     break
                 z = self.cond_norm(student(x).feature)
                 zs.append(z.double())
                 targets.append(self.sample_features(z).double())
                 seen += len(x)
         z, y = torch.cat(zs), torch.cat(targets)
-        if options["items"] is not None:
-            z, y = z[: options["items"]], y[: options["items"]]
-        self.distilled = fit_linear_map(z, y, options["ridge"])
-        fitted = apply_linear_map(z, self.distilled)
-        self.distill_fit = {"items": len(z), "ridge": options["ridge"],
-                            "relative_residual": float((fitted - y).norm() / y.norm().clamp(min=1e-12))}
+        if items is not None:
+            z, y = z[:items], y[:items]
+        self.distilled = fit_linear_map(z, y, options["ridge"], reduce=distributed.sum_across)
+        residual = distributed.sum_across(torch.stack([(apply_linear_map(z, self.distilled) - y).square().sum(),
+                                                       y.square().sum(), torch.tensor(len(z)).to(y)]))
+        self.distill_fit = {"items": int(residual[2]), "ridge": options["ridge"],
+                            "relative_residual": float(residual[0].sqrt() / residual[1].sqrt().clamp(min=1e-12))}
 
     def _distilled_features(self, z: torch.Tensor) -> torch.Tensor:
         if self.distilled is None:
@@ -363,12 +368,28 @@ def one_step_x0(diffusion: GaussianDiffusion, model: Any, x: torch.Tensor, start
     return _take(table.sqrt_recip_alphas_cumprod, t, x) * x - _take(table.sqrt_recipm1_alphas_cumprod, t, x) * eps
 
 
-def fit_linear_map(z: torch.Tensor, y: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ridge regression ``y ~ z W + b`` in float64 (the bias unpenalised): returns (W, b)."""
-    z_mean, y_mean = z.mean(0), y.mean(0)
-    zc, yc = z - z_mean, y - y_mean
-    gram = zc.T @ zc + ridge * len(z) * torch.eye(z.shape[1], dtype=z.dtype, device=z.device)
-    weight = torch.linalg.solve(gram, zc.T @ yc)
+def linear_map_statistics(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The sufficient statistics of a least-squares fit ``y ~ z W + b``: ``A^T [A y]`` with ``A = [1 z]``.
+
+    Sums over rows, so the statistics of shards add up to those of their union (one all-reduce under
+    data-parallel training)."""
+    design = torch.cat([torch.ones_like(z[:, :1]), z], dim=1)
+    return design.T @ torch.cat([design, y], dim=1)
+
+
+def fit_linear_map(z: torch.Tensor, y: torch.Tensor, ridge: float,
+                   reduce: Callable[[torch.Tensor], torch.Tensor] = lambda stats: stats,
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ridge regression ``y ~ z W + b`` in float64 (the bias unpenalised, the penalty ``ridge * n``): returns
+    (W, b). ``reduce`` sums the statistics over data shards (e.g. over ranks) before solving."""
+    stats = reduce(linear_map_statistics(z.double(), y.double()))
+    dim = z.shape[1]
+    count, z_sum, y_sum = stats[0, 0], stats[0, 1:dim + 1], stats[0, dim + 1:]
+    z_mean, y_mean = z_sum / count, y_sum / count
+    gram = stats[1:, 1:dim + 1] - count * torch.outer(z_mean, z_mean)
+    cross = stats[1:, dim + 1:] - count * torch.outer(z_mean, y_mean)
+    eye = torch.eye(dim, dtype=gram.dtype, device=gram.device)
+    weight = torch.linalg.solve(gram + ridge * count * eye, cross)
     return weight, y_mean - z_mean @ weight
 
 
