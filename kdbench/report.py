@@ -47,6 +47,7 @@ class Records:
     frame: pd.DataFrame
     problems: list[tuple[str, str]] = field(default_factory=list)   # (path, problem)
     missing: list[tuple[str, str]] = field(default_factory=list)    # (suite, run id)
+    stale: list[tuple[str, str, str]] = field(default_factory=list)  # (suite, run id, label): not in the plan
 
 
 def _flatten(record: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -72,15 +73,14 @@ def _flatten(record: dict[str, Any], path: Path) -> dict[str, Any]:
 
 
 def load_records(root: Path) -> Records:
-    """Read every record below ``root``; list unreadable ones and runs a suite expects but has no record of."""
+    """Read every record below ``root``; list unreadable ones and runs a suite expects but has no record of.
+
+    A suite folder's ``suite.json`` names the runs of the plan that last ran there. A record in that folder that
+    the plan does not name (left over from an earlier version of the suite, e.g. before a method's parameters
+    changed) is listed as stale and left out of the tables, so a cell never mixes two versions of a method."""
     root = Path(root)
-    rows, problems = [], []
-    for scanned in store.scan_results(root):
-        if scanned.record is None:
-            problems.append((str(scanned.path), scanned.problem or "unreadable"))
-        else:
-            rows.append(_flatten(scanned.record, scanned.path))
-    missing = []
+    plans: dict[Path, set[str]] = {}
+    missing, problems = [], []
     for suite_file in sorted(root.rglob(store.SUITE)):
         try:
             expected = store.read_json(suite_file)
@@ -88,9 +88,22 @@ def load_records(root: Path) -> Records:
             problems.append((str(suite_file), f"unreadable: {err}"))
             continue
         folder = suite_file.parent
+        plans[folder] = set()
         for kind, ids in (("teachers", expected.get("teachers", [])), ("runs", expected.get("runs", []))):
+            plans[folder].update(ids)
             missing += [(folder.name, rid) for rid in ids if not (folder / kind / rid / store.RESULT).exists()]
-    return Records(pd.DataFrame(rows), problems, missing)
+    rows, stale = [], []
+    for scanned in store.scan_results(root):
+        if scanned.record is None:
+            problems.append((str(scanned.path), scanned.problem or "unreadable"))
+            continue
+        folder = scanned.path.parent.parent.parent  # <suite>/{runs,teachers}/<id>/result.json
+        if folder in plans and scanned.path.parent.name not in plans[folder]:
+            spec = scanned.record.get("spec") or {}
+            stale.append((folder.name, scanned.path.parent.name, str(spec.get("label", spec.get("method")))))
+            continue
+        rows.append(_flatten(scanned.record, scanned.path))
+    return Records(pd.DataFrame(rows), problems, missing, stale)
 
 
 def method_order(labels: Sequence[str]) -> list[str]:
@@ -392,6 +405,8 @@ def problem_lines(records: Records) -> list[str]:
                          f"seed {row['seed']}: {row['error']}")
     lines += [f"missing    {rid}  (suite {suite}: no result.json yet)" for suite, rid in records.missing]
     lines += [f"unreadable {path}: {why}" for path, why in records.problems]
+    lines += [f"stale      {rid}  {label} (suite {suite}: not in the plan that last ran there; left out of the "
+              "tables, delete its folder or run the suite that made it)" for suite, rid, label in records.stale]
     return lines
 
 

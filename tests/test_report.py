@@ -38,6 +38,8 @@ def results(tmp_path: Path) -> Path:
     store.atomic_write_json(suite / "runs" / "r8" / "result.json", {**_record("r8", "kd", 3, 50), "schema": 0})
     store.atomic_write_json(suite / "suite.json", {"teachers": ["T1"], "runs": ["r1", "r2", "r3", "r4", "r5",
                                                                                "r6", "r9"]})
+    # an earlier version of the suite's kd (another run id): stale, never mixed into the kd cell
+    store.atomic_write_json(suite / "runs" / "r10" / "result.json", _record("r10", "kd", 0, 10.0))
     return tmp_path
 
 
@@ -96,6 +98,8 @@ def test_problems_are_listed_and_the_rest_reports(results: Path) -> None:
     assert "diverged   r5" in text and "at epoch 2" in text
     assert "failed     r6" in text and "RuntimeError: boom" in text
     assert "missing    r9" in text
+    assert "stale      r10  kd (suite fixture: not in the plan that last ran there" in text
+    assert "r10" not in set(load_records(results).frame["run_id"])
     assert "r7/result.json: unreadable" in text
     assert "r8/result.json: schema 0, expected 1" in text
     assert "1 diverged, 1 failed" in text  # the vanilla row's 'not done' column
