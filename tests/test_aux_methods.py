@@ -176,6 +176,25 @@ def test_train_batches_hand_indices_and_negatives_without_changing_the_images() 
         assert not (data.y[b.negatives] == data.y[b.index][:, None]).any()
 
 
+
+def test_negatives_are_drawn_batch_by_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """All at once an epoch's negatives are items x k indices (168 GB for ImageNet with CRD's 16384): the data
+    path must draw each batch's when that batch is taken, and drawing lazily must draw the same ones."""
+    from kdbench.data import TensorData, train_batches
+
+    data = TensorData(torch.zeros(12, 1, 2, 2, dtype=torch.uint8), torch.tensor([0, 1, 2] * 4), mean=(0.0,),
+                      std=(1.0,))
+    whole_epoch = [b.negatives for b in train_batches(data, np.arange(12), 5, labeled=True, seed=3, epoch=1,
+                                                      negatives=6)]
+    calls = []
+    original = NegativeSampler.draw
+    monkeypatch.setattr(NegativeSampler, "draw", lambda self, *a: calls.append(1) or original(self, *a))
+    batches = train_batches(data, np.arange(12), 5, labeled=True, seed=3, epoch=1, negatives=6)
+    first = next(batches)
+    assert len(calls) == 1 and torch.equal(first.negatives, whole_epoch[0])
+    assert all(torch.equal(b.negatives, w) for b, w in zip(batches, whole_epoch[1:], strict=True))
+
+
 def test_crd_training_step_moves_the_memory_of_the_batch_items_only() -> None:
     torch.manual_seed(0)
     student = create_network("kdb_cnn_nano", num_classes=4, in_chans=1)

@@ -40,22 +40,25 @@ def train_batches(data: TensorData | Any, indices: np.ndarray, batch_size: int, 
     order = index[torch.randperm(len(index), generator=generator)]
     chunks = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
     chunks = [chunk for chunk in chunks if len(chunk) >= min_batch() or len(order) == 1]
-    drawn: list[torch.Tensor | None] = [None] * len(chunks)
-    if negatives:
-        sampler = NegativeSampler(indices, np.asarray(data.y) if labeled else None, negatives)
-        negatives_generator = torch.Generator().manual_seed((seed * 1_000_003 + epoch) ^ 0x5EED)
-        drawn = [shard(sampler.draw(chunk, negatives_generator)) for chunk in chunks]  # every rank draws all
-    chunks = [shard(chunk) for chunk in chunks]
+    # negatives are drawn batch by batch as the epoch goes (all at once they would be items x k indices: 168 GB
+    # for ImageNet with CRD's 16384); their generator is their own, so drawing lazily draws the same ones
+    sampler = NegativeSampler(indices, np.asarray(data.y) if labeled else None, negatives) if negatives else None
+    negatives_generator = torch.Generator().manual_seed((seed * 1_000_003 + epoch) ^ 0x5EED)
+
+    def draw(whole_batch: torch.Tensor) -> torch.Tensor | None:  # every rank draws the whole batch's, keeps its own
+        return None if sampler is None else _to(shard(sampler.draw(whole_batch, negatives_generator)), device)
+
+    mine = [shard(chunk) for chunk in chunks]
     if isinstance(data, TensorData):
-        for chunk, negative in zip(chunks, drawn, strict=True):
+        for whole, chunk in zip(chunks, mine, strict=True):
             x = data.to_input(data.x[chunk].to(device, non_blocking=True), train=True, generator=generator)
             y = data.y[chunk].to(device) if labeled else None
-            yield Batch(x=x, y=y, index=chunk.to(device), negatives=_to(negative, device))
+            yield Batch(x=x, y=y, index=chunk.to(device), negatives=draw(whole))
         return
-    for chunk, negative, (x, y) in zip(chunks, drawn, data.load_batches(chunks, train=True,
-                                                                        seed=seed * 1_000_003 + epoch), strict=True):
+    for whole, chunk, (x, y) in zip(chunks, mine, data.load_batches(mine, train=True, seed=seed * 1_000_003 + epoch),
+                                    strict=True):
         yield Batch(x=x.to(device, non_blocking=True), y=y.to(device) if labeled else None, index=chunk.to(device),
-                    negatives=_to(negative, device))
+                    negatives=draw(whole))
 
 
 def _to(tensor: torch.Tensor | None, device: torch.device | str) -> torch.Tensor | None:
