@@ -35,7 +35,7 @@ CELL = ["dataset", "regime", "teacher", "student"]
 ACCURACY = [("top1_last", "top1 last"), ("top1_best", "top1 best*"), ("top1_val", "top1 val-sel."),
             ("top5_last", "top5 last")]
 EXTRA_ACCURACY = [("top1_many", "many"), ("top1_medium", "medium"), ("top1_few", "few"),
-                  ("top1_probe_last", "probe top1")]
+                  ("top1_probe_last", "probe top1"), ("val_top1_last", "val top1 (held-out)")]
 STYLES = {"text": "simple", "markdown": "github", "latex": "latex_booktabs", "html": "html"}
 BASELINES = ("kd", "vanilla")
 
@@ -386,7 +386,9 @@ LEGEND = ("mean ± sd over seeds (n = finished runs); 95% CI = Student-t interva
           "on the test split (test-selected, optimistic); last = final epoch; val-sel. = epoch chosen on a held-out "
           "split. Δ vs kd / vanilla: mean paired difference of top1 last over matching seeds ± its 95% CI half "
           "width (number of pairs); ~ = the CI contains 0 (inside the noise). many/medium/few: mean per-class "
-          "top-1 at the last epoch. probe: the student's own fc on its detached feature (GenDD). published: the "
+          "top-1 at the last epoch. probe: the student's own fc on its detached feature (GenDD). val top1 (held-out): "
+          "top-1 on the split held out of training, at the last epoch: the figure to choose settings by (never "
+          "test). published: the "
           "anchor's number for this pair and method (kdbench/reference/published.csv), gap = ours - published. "
           "Cost: medians; ms/img timed inside each run after warm-up (median of repeats); x student = the method's "
           "full predict path over the student's plain forward; epochs (total) = main + extra stages.")

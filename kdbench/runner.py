@@ -75,7 +75,8 @@ def _metrics(outcome: FitOutcome, groups: dict[str, list[int]]) -> dict[str, Any
     metrics: dict[str, Any] = {"best_epoch": best["epoch"], "epochs_completed": last["epoch"]}
     if "val_top1" in last:  # the epoch chosen on the held-out split, reported on the test split
         chosen = max(history, key=lambda h: h["val_top1"])
-        metrics.update(top1_val=chosen["top1"], top5_val=chosen["top5"], val_selected_epoch=chosen["epoch"])
+        metrics.update(top1_val=chosen["top1"], top5_val=chosen["top5"], val_selected_epoch=chosen["epoch"],
+                       val_top1_last=last["val_top1"], val_top1_best=chosen["val_top1"])  # the held-out split's own
     for key in (k for k in keys if k in last):
         metrics[f"{key}_last"], metrics[f"{key}_best"] = last[key], best[key]
     for which, evaluation in outcome.final.items():  # end-of-run evaluation replaces the per-epoch one

@@ -201,6 +201,9 @@ def test_val_selected_epoch_uses_a_held_out_split(tmp_path: Path) -> None:
     chosen = max(lines, key=lambda h: h["val_top1"])
     assert record["metrics"]["top1_val"] == chosen["top1"]
     assert record["metrics"]["val_selected_epoch"] == chosen["epoch"]
+    # the held-out split's own top-1 (the figure to choose settings by): at the last and at the chosen epoch
+    assert record["metrics"]["val_top1_last"] == lines[-1]["val_top1"]
+    assert record["metrics"]["val_top1_best"] == chosen["val_top1"]
 
 
 STAGED = {
