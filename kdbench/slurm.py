@@ -8,6 +8,7 @@ that submitted them.
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -75,11 +76,27 @@ def job_of(ref: dict[str, Any]) -> submitit.Job:
 
 
 def slurm_state(job: submitit.Job, force: bool = False) -> str:
-    """The job's SLURM state as one word (``CANCELLED by 0`` -> ``CANCELLED``); refreshes sacct if ``force``."""
+    """The job's SLURM state as one word (``CANCELLED by 0`` -> ``CANCELLED``); refreshes sacct if ``force``.
+
+    Right after submission the accounting database may not know the job yet (sacct answers nothing for a
+    moment); the controller does, so ``squeue`` is asked then. UNKNOWN only when neither knows."""
     if force:
         job.done(force_check=True)
-    state = job.state or "UNKNOWN"
-    return state.split()[0].upper()
+    state = (job.state or "UNKNOWN").split()[0].upper()
+    if state == "UNKNOWN":
+        state = queue_state(str(job.job_id)) or state
+    return state
+
+
+def queue_state(job_id: str) -> str | None:
+    """The controller's state of a job still in the queue (``squeue``), or None when it is not there."""
+    try:
+        out = subprocess.run(["squeue", "--noheader", "--jobs", job_id, "--format", "%T"], capture_output=True,
+                             text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    states = out.stdout.split()
+    return states[0].upper() if out.returncode == 0 and states else None
 
 
 def is_active(job: submitit.Job) -> bool:
