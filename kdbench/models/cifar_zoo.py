@@ -4,10 +4,21 @@ resnet{8,14,20,32,44,56,110}_cifar, resnet8x4_cifar, resnet32x4_cifar, wrn_{16_1
 vgg{8,11,13,16,19}_cifar (with BN), mobilenetv2_cifar (width 0.5, RepDistiller's ``mobile_half``),
 shufflev1_cifar, shufflev2_cifar and resnet50_cifar, for 32x32 inputs. The suffix keeps them apart from timm's
 ImageNet models of the same family (timm's ``vgg13`` is the 224x224 ImageNet VGG).
-The architectures follow the published definitions (same layers, widths and strides, so parameter counts match
-the papers' tables within 1%, which the tests check); the code is written for kdbench on :class:`_StagedNet`, so
-each model has timm's feature API and named taps ``stage0..`` with the stage outputs feature-distillation methods
-use. Stages end after their block's activation (post-activation taps).
+
+Each model computes the function of its reference (RepDistiller's ``models/``; mdistiller's
+``mdistiller/models/cifar/`` are the same networks): same layers, widths, strides and order of operations, so a
+reference state dict, renamed by :mod:`kdbench.models.reference_names`, gives the same logits. The code is
+written for kdbench on :class:`_StagedNet`, so each model has timm's feature API. Its taps are exactly the
+features the reference distillers read, ``feats, logits = model(x, is_feat=True, preact=...)``:
+
+- ``stage{i}`` is ``feats[i]`` with ``preact=False`` (the stage outputs, the pooled feature excluded);
+- ``stage{i}_pre`` is ``feats[i]`` with ``preact=True`` (``stage0_pre`` is the stem output itself, as there);
+- ``Network.bn_before_activation("stage{i}_pre")`` is ``get_bn_before_relu()[i - 1]`` (None for the stem and
+  for ShuffleNet V1/V2, whose reference raises NotImplementedError).
+
+Where the reference reads a tensor that is not a stage output (WRN: the *next* BatchNorm's output; ShuffleNet
+V2: the concatenation before the final ReLU and the channel shuffle) the model declares the module whose input
+it is; ``tests/test_cifar_zoo.py`` pins every tap to its module.
 """
 
 from __future__ import annotations
@@ -33,6 +44,11 @@ def _conv_bn(cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int 
 def _conv_bn_preact(path: str) -> tuple[str, str]:
     """Pre-activation of a :func:`_conv_bn` block at ``path``: the input of its ReLU, described by its BN."""
     return f"{path}.2", f"{path}.1"
+
+
+STEM = ("", "")
+"""The stem's pre-activation tap: the stem output itself, without a BatchNorm (the reference distillers keep
+``f0`` in their pre-activation list and ``get_bn_before_relu`` starts at the first stage)."""
 
 
 class _ZooNet(_StagedNet):
@@ -91,40 +107,33 @@ class CifarResNet(_ZooNet):
             self.stages.append(nn.Sequential(*[_Basic(cin if b == 0 else width, width, stride if b == 0 else 1)
                                                for b in range(n)]))
             cin = width
-        preact = [_conv_bn_preact("stages.0")] + [(f"stages.{i}.{n - 1}.act", f"stages.{i}.{n - 1}.body.1.1")
-                                                  for i in (1, 2, 3)]
+        preact = [STEM] + [(f"stages.{i}.{n - 1}.act", f"stages.{i}.{n - 1}.body.1.1") for i in (1, 2, 3)]
         self._finish(widths, (1, 1, 2, 4), widths[-1], num_classes, drop_rate, preact=preact)
 
 
 # ---------------------------------------------------------------- Wide ResNet (pre-activation blocks)
 class _WideBlock(nn.Module):
-    """Pre-activation wide block: BN-ReLU-conv3x3, BN-ReLU-conv3x3, 1x1 conv shortcut when the shape changes."""
+    """Pre-activation wide block: BN-ReLU-conv3x3, BN-ReLU-conv3x3, 1x1 conv shortcut (on the activated input)
+    when the shape changes."""
 
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()
-        self.bn1, self.conv1 = nn.BatchNorm2d(cin), nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn2, self.conv2 = nn.BatchNorm2d(cout), nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.relu = nn.ReLU(inplace=False)
+        self.bn1, self.relu1 = nn.BatchNorm2d(cin), nn.ReLU()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn2, self.relu2 = nn.BatchNorm2d(cout), nn.ReLU()
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.shortcut = None if cin == cout else nn.Conv2d(cin, cout, 1, stride, 0, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pre = self.relu(self.bn1(x))
-        out = self.conv2(self.relu(self.bn2(self.conv1(pre))))
+        pre = self.relu1(self.bn1(x))
+        out = self.conv2(self.relu2(self.bn2(self.conv1(pre))))
         return out + (x if self.shortcut is None else self.shortcut(pre))
-
-
-class _WideStage(nn.Sequential):
-    def __init__(self, cin: int, cout: int, n: int, stride: int, final_bn: bool) -> None:
-        layers: list[nn.Module] = [_WideBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1)
-                                   for i in range(n)]
-        if final_bn:  # the network's closing BN-ReLU belongs to the last stage's output
-            layers += [nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
-        super().__init__(*layers)
 
 
 class WideResNet(_ZooNet):
     """WRN-depth-k for CIFAR: a 3x3 stem to 16 channels, three stages of (depth-4)/6 pre-activation blocks of
-    16k, 32k, 64k channels, a final BN-ReLU."""
+    16k, 32k, 64k channels, then the network's closing BN-ReLU (the ``neck``: the last stage's output is read
+    before it, as the reference's ``f3``)."""
 
     def __init__(self, depth: int = 16, widen: int = 2, num_classes: int = 100, in_chans: int = 3,
                  drop_rate: float = 0.0, **_: object) -> None:
@@ -135,11 +144,15 @@ class WideResNet(_ZooNet):
         widths = (16, 16 * widen, 32 * widen, 64 * widen)
         self.stages = nn.ModuleList([nn.Conv2d(in_chans, 16, 3, 1, 1, bias=False)])
         for i in range(3):
-            self.stages.append(_WideStage(widths[i], widths[i + 1], n, 1 if i == 0 else 2, final_bn=i == 2))
-        # pre-activation blocks: a stage's output is pre-activation already, normalised by the next block's bn1
-        # (as mdistiller's get_bn_before_relu); the last stage ends BN-ReLU
-        preact = [("", f"stages.{i + 1}.0.bn1") for i in range(3)] + [(f"stages.3.{n + 1}", f"stages.3.{n}")]
-        self._finish(widths, (1, 1, 2, 4), widths[-1], num_classes, drop_rate, preact=preact)
+            self.stages.append(nn.Sequential(*[_WideBlock(widths[i] if b == 0 else widths[i + 1], widths[i + 1],
+                                                          (1 if i == 0 else 2) if b == 0 else 1)
+                                               for b in range(n)]))
+        # a stage's output is pre-activation already; the reference's pre-activation feature is the output of
+        # the BatchNorm that reads it next (block2.layer[0].bn1, block3.layer[0].bn1, the closing bn1)
+        preact = [("", ""), ("stages.2.0.relu1", "stages.2.0.bn1"), ("stages.3.0.relu1", "stages.3.0.bn1"),
+                  ("neck.1", "neck.0")]
+        self._finish(widths, (1, 1, 2, 4), widths[-1], num_classes, drop_rate,
+                     neck=nn.Sequential(nn.BatchNorm2d(widths[-1]), nn.ReLU()), preact=preact)
 
 
 # ---------------------------------------------------------------- VGG with BN
@@ -168,7 +181,8 @@ class CifarVGG(_ZooNet):
                 cin = width
             self.stages.append(nn.Sequential(*layers))
             reductions.append(2 ** min(i, 3))
-        preact = [_conv_bn_preact(f"stages.{i}.{len(stage) - 1}") for i, stage in enumerate(self.stages)]
+        preact = [STEM] + [_conv_bn_preact(f"stages.{i}.{len(stage) - 1}")
+                           for i, stage in enumerate(self.stages) if i > 0]
         self._finish([b[-1] for b in VGG_CFGS[depth]], reductions, 512, num_classes, drop_rate, preact=preact)
 
 
@@ -215,8 +229,7 @@ class CifarMobileNetV2(_ZooNet):
                 reductions.append(reduction)
         last = 1280
         # the blocks end with a linear projection: their output is pre-activation, described by its BN
-        preact = [_conv_bn_preact("stages.0")] + [("", f"stages.{i}.{len(self.stages[i]) - 1}.body.2.1")
-                                                  for i in range(1, len(self.stages))]
+        preact = [STEM] + [("", f"stages.{i}.{len(self.stages[i]) - 1}.body.2.1") for i in range(1, len(self.stages))]
         self._finish(chans, reductions, last, num_classes, drop_rate,
                      neck=nn.Sequential(*current, _conv_bn(cin, last, 1)), preact=preact)
 
@@ -261,22 +274,35 @@ class ShuffleV1(_ZooNet):
             self.stages.append(nn.Sequential(*[_ShuffleV1Block(cin if i == 0 else width, width, 2 if i == 0 else 1,
                                                                groups) for i in range(n)]))
             cin = width
-        preact = [_conv_bn_preact("stages.0")] + [(f"stages.{i}.{n - 1}.act", f"stages.{i}.{n - 1}.conv3.1")
-                                                  for i, n in enumerate(blocks, start=1)]
+        # the reference has no BatchNorm before these activations (get_bn_before_relu raises)
+        preact = [STEM] + [(f"stages.{i}.{n - 1}.act", "") for i, n in enumerate(blocks, start=1)]
         self._finish((24, *widths), (1, 2, 4, 8), widths[-1], num_classes, drop_rate, preact=preact)
 
 
+class _ReLUShuffle(nn.Module):
+    """ReLU, then the channel shuffle of two groups: the end of a ShuffleNet V2 basic block."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return channel_shuffle(torch.relu(x), 2)
+
+
 class _ShuffleV2Basic(nn.Module):
+    """Split the channels in halves; 1x1 conv-BN-ReLU, 3x3 depthwise conv-BN, 1x1 conv-BN on the second; concatenate
+    with the first, ReLU, shuffle. The ReLU runs on the concatenation (the reference applies it to the second half
+    only): the first half is a ReLU output already, so values and gradients are the same, and the input of
+    ``act`` is exactly the reference's pre-activation feature ``cat([x1, bn3(...)])``."""
+
     def __init__(self, chans: int) -> None:
         super().__init__()
         half = chans // 2
         self.half = half
         self.body = nn.Sequential(_conv_bn(half, half, 1), _conv_bn(half, half, 3, groups=half, relu=False),
-                                  _conv_bn(half, half, 1))
+                                  _conv_bn(half, half, 1, relu=False))
+        self.act = _ReLUShuffle()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         keep, work = x[:, : self.half], x[:, self.half:]
-        return channel_shuffle(torch.cat([keep, self.body(work)], 1), 2)
+        return self.act(torch.cat([keep, self.body(work)], 1))
 
 
 class _ShuffleV2Down(nn.Module):
@@ -292,20 +318,20 @@ class _ShuffleV2Down(nn.Module):
 
 
 class ShuffleV2(_ZooNet):
-    """ShuffleNet V2 (1x) for CIFAR: 3x3 stem to 24, stages of 116/232/464 channels (a down block then 3/7/3
-    basic blocks), a 1x1 conv to 1024 before pooling."""
+    """ShuffleNet V2 (1x) for CIFAR: a 1x1 stem conv to 24 (the reference's 3x3 line is commented out), stages of
+    116/232/464 channels (a down block then 3/7/3 basic blocks), a 1x1 conv to 1024 before pooling."""
 
     def __init__(self, num_classes: int = 100, in_chans: int = 3, drop_rate: float = 0.0, **_: object) -> None:
         super().__init__()
         widths, blocks = (116, 232, 464), (3, 7, 3)
-        self.stages = nn.ModuleList([_conv_bn(in_chans, 24, 3)])
+        self.stages = nn.ModuleList([_conv_bn(in_chans, 24, 1)])
         cin = 24
         for width, n in zip(widths, blocks, strict=True):
             self.stages.append(nn.Sequential(_ShuffleV2Down(cin, width), *[_ShuffleV2Basic(width) for _ in range(n)]))
             cin = width
-        # a block's output is a channel shuffle of a pass-through half and a conv-BN-ReLU half: no final
-        # activation, and no single BN describes all its channels
-        preact = [_conv_bn_preact("stages.0")] + [("", "")] * len(blocks)
+        # pre-activation: the last basic block's concatenation before its ReLU and shuffle; no BatchNorm
+        # describes it (the reference's get_bn_before_relu raises)
+        preact = [STEM] + [(f"stages.{i}.{n}.act", "") for i, n in enumerate(blocks, start=1)]
         self._finish((24, *widths), (1, 2, 4, 8), 1024, num_classes, drop_rate, neck=_conv_bn(cin, 1024, 1),
                      preact=preact)
 
@@ -335,8 +361,8 @@ class CifarResNet50(_ZooNet):
             self.stages.append(nn.Sequential(*[_Bottleneck(cin if b == 0 else width * 4, width,
                                                            (1 if i == 0 else 2) if b == 0 else 1) for b in range(n)]))
             cin = width * 4
-        preact = [_conv_bn_preact("stages.0")] + [(f"stages.{i}.{n - 1}.act", f"stages.{i}.{n - 1}.body.2.1")
-                                                  for i, n in enumerate((3, 4, 6, 3), start=1)]
+        preact = [STEM] + [(f"stages.{i}.{n - 1}.act", f"stages.{i}.{n - 1}.body.2.1")
+                           for i, n in enumerate((3, 4, 6, 3), start=1)]
         self._finish((64, 256, 512, 1024, 2048), (1, 1, 2, 4, 8), 2048, num_classes, drop_rate, preact=preact)
 
 

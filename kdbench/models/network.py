@@ -78,32 +78,30 @@ class Network(nn.Module):
 
     def forward(self, x: torch.Tensor, taps: Sequence[str] = ()) -> Outputs:
         """Run the model once; return logits, pooled feature and the requested taps."""
-        tapped: dict[str, torch.Tensor] = {}
         if not taps:
-            final = self.model.forward_features(x)
-        else:
-            post = {self.tap_index(t) for t in taps if not t.endswith(PRE)}
-            captured: dict[str, torch.Tensor] = {}
-            handles = []
-            for tap in (t for t in taps if t.endswith(PRE)):
-                act = self._preact[self.tap_index(tap)][0] if tap in self.preact_tap_names else None
-                if tap not in self.preact_tap_names or act is None:
-                    post.add(self.tap_index(tap))  # unknown (tap_index raises) or the stage output itself
-                else:
-                    handles.append(act.register_forward_pre_hook(_capture_input(captured, tap)))
-            try:
-                if post:
-                    indices = sorted(post)  # timm returns the maps in stage order
-                    final, maps = self.model.forward_intermediates(x, indices=indices)
-                    by_index = dict(zip(indices, maps, strict=True))
-                else:
-                    final = self.model.forward_features(x)
-                    by_index = {}
-            finally:
-                for handle in handles:
-                    handle.remove()
-            tapped = {t: captured[t] if t in captured else by_index[self.tap_index(t)] for t in taps}
-        feature = self.model.forward_head(final, pre_logits=True)
+            feature = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+            return Outputs(logits=self.classifier(feature), feature=feature)
+        post = {self.tap_index(t) for t in taps if not t.endswith(PRE)}
+        captured: dict[str, torch.Tensor] = {}
+        handles = []
+        for tap in (t for t in taps if t.endswith(PRE)):
+            act = self._preact[self.tap_index(tap)][0] if tap in self.preact_tap_names else None
+            if tap not in self.preact_tap_names or act is None:
+                post.add(self.tap_index(tap))  # unknown (tap_index raises) or the stage output itself
+            else:
+                handles.append(act.register_forward_pre_hook(_capture_input(captured, tap)))
+        try:  # the hooks stay until the head has run: a pre-activation may sit in the neck (WRN's closing BN)
+            if post:
+                indices = sorted(post)  # timm returns the maps in stage order
+                final, maps = self.model.forward_intermediates(x, indices=indices)
+                by_index = dict(zip(indices, maps, strict=True))
+            else:
+                final, by_index = self.model.forward_features(x), {}
+            feature = self.model.forward_head(final, pre_logits=True)
+        finally:
+            for handle in handles:
+                handle.remove()
+        tapped = {t: captured[t] if t in captured else by_index[self.tap_index(t)] for t in taps}
         return Outputs(logits=self.classifier(feature), feature=feature, taps=tapped)
 
     def tap_info(self, tap: str) -> tuple[int, int]:
@@ -132,27 +130,41 @@ def check_taps(network: Network, example: torch.Tensor) -> dict[str, tuple[int, 
         if shape[0] != declared_chs or (spatial and spatial[-1] != max(1, size // reduction)):
             raise ValueError(f"model '{network.name}': tap {name} is {shape}, but feature_info declares "
                              f"{declared_chs} channels at 1/{reduction} of the {size}px input")
-    if network.preact_tap_names:  # the pre-activation, through its activation, gives the stage output back
-        was_training = network.training
-        network.eval()
-        with torch.no_grad():
-            out = network(example[:1], taps=(*network.tap_names, *network.preact_tap_names))
-        network.train(was_training)
-        for tap in network.preact_tap_names:
-            stage = tap[: -len(PRE)]
-            act = network._preact[network.tap_index(tap)][0]
-            rebuilt = out.taps[tap] if act is None else act(out.taps[tap].clone())
-            if rebuilt.shape != out.taps[stage].shape or not torch.allclose(rebuilt, out.taps[stage], atol=1e-5):
-                raise ValueError(f"model '{network.name}': tap {tap} through its activation does not give {stage} "
-                                 "back; its pre-activation declaration is wrong")
-            bn = network.bn_before_activation(tap)
-            if bn is not None and getattr(bn, "num_features", None) != out.taps[stage].shape[1]:
-                raise ValueError(f"model '{network.name}': the BatchNorm declared before {tap} has "
-                                 f"{getattr(bn, 'num_features', None)} channels, the tap {out.taps[stage].shape[1]}")
+    if network.preact_tap_names:
+        _check_preact(network, example)
     return shapes
 
 
 PRE = "_pre"
+
+
+def _check_preact(network: Network, example: torch.Tensor) -> None:
+    """Every pre-activation tap must be tied to its stage output: through its activation it gives the stage output
+    back (a ResNet's sum before the ReLU), or it is the output of its BatchNorm applied to the stage output (a
+    pre-activation WRN, whose next block normalises the stage output); its BatchNorm has the tap's channels."""
+    was_training = network.training
+    network.eval()
+    with torch.no_grad():
+        out = network(example[:1], taps=(*network.tap_names, *network.preact_tap_names))
+        for tap in network.preact_tap_names:
+            stage = out.taps[tap[: -len(PRE)]]
+            pre = out.taps[tap]
+            act = network._preact[network.tap_index(tap)][0]
+            bn = network.bn_before_activation(tap)
+            through_act = pre if act is None else act(pre.clone())
+            tied = through_act.shape == stage.shape and torch.allclose(through_act, stage, atol=1e-5)
+            if not tied and bn is not None and pre.shape == stage.shape:
+                tied = torch.allclose(bn(stage), pre, atol=1e-5)
+            if not tied:
+                network.train(was_training)
+                raise ValueError(f"model '{network.name}': tap {tap} is neither the input of the activation that "
+                                 f"gives {tap[: -len(PRE)]} nor its BatchNorm's output; its pre-activation "
+                                 "declaration is wrong")
+            if bn is not None and getattr(bn, "num_features", None) != pre.shape[1]:
+                network.train(was_training)
+                raise ValueError(f"model '{network.name}': the BatchNorm declared before {tap} has "
+                                 f"{getattr(bn, 'num_features', None)} channels, the tap {pre.shape[1]}")
+    network.train(was_training)
 
 
 def _capture_input(store: dict[str, torch.Tensor], tap: str) -> Any:
