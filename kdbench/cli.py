@@ -1,4 +1,4 @@
-"""Command line: ``python -m kdbench run|status|list|report``."""
+"""Command line: ``python -m kdbench run|status|list|teacher import|report|bench``."""
 
 from __future__ import annotations
 
@@ -149,6 +149,37 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_teacher_import(args: argparse.Namespace) -> int:
+    from kdbench.teachers import TeacherFileError, import_teacher
+
+    try:
+        report = import_teacher(Path(args.file), args.arch, Path(args.out) if args.out else None, args.dataset,
+                                args.data_root)
+    except (TeacherFileError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    read = report.source
+    print(f"{read.path}: a {read.layout} file for {read.arch}, {len(read.state)} tensors"
+          + (f"; skipped entries: {', '.join(read.skipped)}" if read.skipped else "")
+          + (f"; the file states top-1 {read.stated_top1:.2f}" if read.stated_top1 is not None else ""))
+    print(f"sha256 {report.source_sha256}  {read.path}")
+    checkpoint, sha = read.path, report.source_sha256
+    if report.out is not None:
+        print(f"sha256 {report.out_sha256}  {report.out}  (converted to kdbench's format)")
+        checkpoint, sha = report.out, report.out_sha256
+    published = (f"{report.published_top1:.2f} ({report.published_source})" if report.published_top1 is not None
+                 else "none on record")
+    if report.measured_top1 is not None:
+        print(f"top-1 on the {report.dataset} test split: {report.measured_top1:.2f}; published: {published}")
+    else:
+        print(f"published top-1 on {report.dataset}: {published}; give --data-root to measure it here")
+    top1 = report.measured_top1 if report.measured_top1 is not None else report.published_top1
+    print("suite entry (teacher.sources):")
+    print(f"  {read.arch}: {{checkpoint: {checkpoint}, sha256: {sha}, "
+          f"top1: {'<top-1>' if top1 is None else f'{top1:.2f}'}}}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``kdbench`` argument parser."""
     parser = argparse.ArgumentParser(prog="python -m kdbench", description="kdbench: a reproducible KD benchmark")
@@ -177,6 +208,19 @@ def build_parser() -> argparse.ArgumentParser:
     lister = sub.add_parser("list", help="list methods, models, datasets, regimes or suites")
     lister.add_argument("what", choices=["methods", "models", "datasets", "regimes", "suites"])
     lister.set_defaults(func=_cmd_list)
+
+    teacher = sub.add_parser("teacher", help="teacher files: import a published checkpoint")
+    teacher_sub = teacher.add_subparsers(dest="teacher_command", required=True)
+    importer = teacher_sub.add_parser(
+        "import", help="read a teacher file (kdbench, RepDistiller/mdistiller, timm/torchvision), check it fits "
+        "--arch, print its sha256 and, with --data-root, its test top-1 beside the published one")
+    importer.add_argument("file", help="the checkpoint file, e.g. save/models/resnet32x4_vanilla/ckpt_epoch_240.pth")
+    importer.add_argument("--arch", required=True, help="kdbench model name, e.g. resnet32x4_cifar or resnet34")
+    importer.add_argument("--out", help="write the weights in kdbench's format here (tensors only)")
+    importer.add_argument("--data-root", help="measure top-1 on this dataset's test split (CIFAR-100 for the "
+                          "_cifar zoo, ImageNet otherwise; --dataset to choose)")
+    importer.add_argument("--dataset", help="dataset name for --data-root (default: by architecture)")
+    importer.set_defaults(func=_cmd_teacher_import)
 
     sub.add_parser("report", help="same as python -m kdbench.report (takes its arguments)")
     sub.add_parser("bench", help="speed checks: bench overhead | gendd | report (prints ratios)")

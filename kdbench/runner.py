@@ -35,33 +35,7 @@ from kdbench.method import Method, discover_methods
 from kdbench.models import Network, count_parameters, create_network
 from kdbench.models.network import check_taps
 from kdbench.store import sha256_file
-
-
-class TeacherNotReadyError(RuntimeError):
-    """The teacher a student run needs has no finished record or its weights do not match the record."""
-
-
-def teacher_dir_for(run_dir: Path, teacher_id: str) -> Path:
-    """The teacher job folder of a student run (``<suite>/teachers/<id>`` beside ``<suite>/runs``)."""
-    return run_dir.parent.parent / "teachers" / teacher_id
-
-
-def load_teacher(run_dir: Path, spec: dict[str, Any], num_classes: int, in_chans: int, img_size: int) -> Network:
-    """Build the teacher network and load its verified weights (sha256 from its record, weights_only)."""
-    tdir = teacher_dir_for(run_dir, spec["teacher_id"])
-    record = store.load_result(tdir)
-    if not record or record.get("state") != "done":
-        raise TeacherNotReadyError(f"teacher {spec['teacher_id']} has no finished record in {tdir}")
-    weights = tdir / store.WEIGHTS
-    expected = record["artifacts"]["weights_sha256"]
-    actual = sha256_file(weights)
-    if actual != expected:
-        raise TeacherNotReadyError(f"{weights}: sha256 {actual[:12]}... does not match its record "
-                                   f"({expected[:12]}...); delete {tdir} to retrain the teacher")
-    teacher = create_network(spec["teacher"], num_classes=num_classes, in_chans=in_chans, img_size=img_size)
-    teacher.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    teacher.eval().requires_grad_(False)
-    return teacher
+from kdbench.teachers import TeacherNotReadyError, load_job_teacher, pretrained_network, read_teacher
 
 
 def _metrics(outcome: FitOutcome, groups: dict[str, list[int]]) -> dict[str, Any]:
@@ -161,23 +135,24 @@ def _training_cost(spec: dict[str, Any], outcome: FitOutcome, method: Method, st
 
 
 def _verify_teacher(run_dir: Path, spec: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
-    """A teacher the suite does not train: load its checkpoint (sha256 checked, weights_only) or its pretrained
-    weights from the local cache, measure its top-1 on the test split, and fail unless it is as expected."""
+    """A teacher the suite does not train: load its checkpoint (sha256 checked; any layout :mod:`kdbench.teachers`
+    reads, tensors only) or its pretrained weights from the local cache, measure its top-1 on the test split, and
+    fail unless it is as expected. The verified weights are written in kdbench's format for the students."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     splits, regime_data, _ = _data(spec)
     source = spec["source"]
-    shape = {"num_classes": splits.num_classes, "in_chans": splits.in_chans, "img_size": splits.img_size}
+    details: dict[str, Any] = {}
     if source.get("checkpoint"):
         path = Path(source["checkpoint"]).expanduser()
         actual = sha256_file(path)
         if actual != source["sha256"]:
             raise TeacherNotReadyError(f"{path}: sha256 {actual} does not match the suite's {source['sha256']}")
-        network = create_network(spec["model"], **shape)
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        network.load_state_dict(state.get("state_dict", state.get("model", state)) if isinstance(state, dict)
-                                else state)
+        network, read = read_teacher(path, spec["model"], splits.num_classes, splits.in_chans, splits.img_size)
+        details = {"file_layout": read.layout, "skipped_entries": list(read.skipped), "stated_top1": read.stated_top1}
+        log(f"teacher {spec['model']}: {path} read as a {read.layout} file"
+            + (f" (skipped: {', '.join(read.skipped)})" if read.skipped else ""))
     else:
-        network = pretrained_network(spec["model"], **shape)
+        network = pretrained_network(spec["model"], splits.num_classes, splits.in_chans)
     check_taps(network, next(eval_batches(splits.test, 2))[0])
     network.to(device)
     evaluation = evaluate(network, lambda x, out: out.logits, splits.test, spec["eval"]["batch_size"],
@@ -193,58 +168,12 @@ def _verify_teacher(run_dir: Path, spec: dict[str, Any], log: Callable[[str], No
     save_checkpoint(weights, {k: v.cpu() for k, v in network.state_dict().items()})
     metrics = {f"{k}_last": v for k, v in evaluation.as_metrics().items()}
     metrics.update({f"{k}_best": v for k, v in evaluation.as_metrics().items()}, best_epoch=0)
-    return {"state": "done", "metrics": metrics, "stability": {}, "diagnostics": {"expected_top1": expected},
+    return {"state": "done", "metrics": metrics, "stability": {}, "diagnostics": {"expected_top1": expected, **details},
             "resumes": [], "extra_evaluations": {},
             "data": {"test_size": len(splits.test), "labeled": True},
             "cost": {"params": count_parameters(network), "epochs": 0, "total_epochs": 0},
             "artifacts": {"weights": store.WEIGHTS, "weights_sha256": sha256_file(weights)},
             "env": environment(device)}
-
-
-def pretrained_network(name: str, num_classes: int, in_chans: int, img_size: int) -> Network:
-    """timm's pretrained weights for ``name`` from the local cache only (HF_HUB_OFFLINE): a missing file is a
-    clear error, never a download."""
-    import os
-
-    import timm
-
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    _require_cached_weights(name)
-    try:
-        model = timm.create_model(name, pretrained=True, num_classes=num_classes, in_chans=in_chans)
-    except Exception as err:  # timm raises several kinds (hub offline, missing file, no weights for the name)
-        raise TeacherNotReadyError(f"no pretrained weights for '{name}' in the local cache ({type(err).__name__}: "
-                                   f"{err}); put them in the timm/Hugging Face cache or give a checkpoint") from None
-    return Network(model, name=name)
-
-
-def _require_cached_weights(name: str) -> None:
-    """Pretrained weights must already be on this machine (Hugging Face cache or torch's hub cache): raise before
-    timm could start a download (or sit in the hub client's retries)."""
-    import os
-
-    import torch.hub
-
-    try:
-        from timm.models import get_pretrained_cfg
-        from timm.models._builder import _resolve_pretrained_source
-
-        source, location = _resolve_pretrained_source(get_pretrained_cfg(name).to_dict())
-    except Exception:  # an unknown tag or a timm without these helpers: timm's own error will name it
-        return
-    if source == "hf-hub":
-        from huggingface_hub import try_to_load_from_cache
-
-        repo = str(location).split("@")[0]
-        if not any(isinstance(try_to_load_from_cache(repo, f), str)
-                   for f in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")):
-            raise TeacherNotReadyError(f"no pretrained weights for '{name}' in the local cache (Hugging Face repo "
-                                       f"{repo} is not cached); copy them there or give a checkpoint")
-    elif source == "url":
-        cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(str(location))
-        if not cached.exists():
-            raise TeacherNotReadyError(f"no pretrained weights for '{name}' in the local cache ({cached} is missing); "
-                                       f"copy them there or give a checkpoint")
 
 
 def _execute(run_dir: Path, spec: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
@@ -255,7 +184,8 @@ def _execute(run_dir: Path, spec: dict[str, Any], log: Callable[[str], None]) ->
     shape = {"num_classes": splits.num_classes, "in_chans": splits.in_chans, "img_size": splits.img_size}
     seed_everything(spec["seed"])
     student = create_network(spec["model"], **shape)
-    teacher = load_teacher(run_dir, spec, **shape) if spec.get("teacher_id") else None
+    teacher = (load_job_teacher(run_dir, spec["teacher_id"], spec["teacher"], **shape)
+               if spec.get("teacher_id") else None)
     example_input = next(eval_batches(splits.test, 2))[0]
     for network in (student, teacher):  # every tap has the shape its model declares, before any training
         if network is not None:

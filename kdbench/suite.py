@@ -677,11 +677,37 @@ def validate(raw: dict[str, Any], source: str = "") -> Suite:
     for name in suite.teacher.sources:
         _require(name in teachers, f"teacher.sources.{name}",
                  f"'{name}' is not the teacher of any pair (teachers: {', '.join(sorted(teachers))})")
+    if CHECK_FILES.get():
+        _check_teacher_files(suite, source_cls(**dataset.params).known_shape())
     plan = expand(suite)
     for i, method in enumerate(methods):
         _require(any(spec["label"] == method.label for spec in plan.runs.values()), f"methods[{i}].name",
                  f"method '{method.name}' is refused for every regime: {'; '.join(plan.refused)}")
     return suite
+
+
+def _check_teacher_files(suite: Suite, shape: tuple[int, int] | None) -> None:
+    """Every teacher checkpoint must be a file that fits its architecture (names and shapes, any layout
+    :mod:`kdbench.teachers` reads) for this dataset's classes and channels: refused here, before any job."""
+    from kdbench.teachers import TeacherFileError
+
+    for name in sorted(suite.teacher.sources):
+        source = suite.teacher.source(name)
+        if source is None or source.checkpoint is None:
+            continue
+        try:
+            _checked_teacher_file(str(Path(source.checkpoint).expanduser()), source.sha256, name, shape)
+        except TeacherFileError as err:
+            raise SuiteError(f"teacher.sources.{name}.checkpoint", str(err)) from None
+
+
+@functools.lru_cache(maxsize=32)
+def _checked_teacher_file(path: str, sha256: str | None, arch: str, shape: tuple[int, int] | None) -> str:
+    """:func:`kdbench.teachers.check_teacher_file` once per file content, architecture and data shape."""
+    from kdbench.teachers import check_teacher_file
+
+    classes, chans = shape if shape is not None else (None, None)
+    return check_teacher_file(Path(path), arch, classes, chans).layout
 
 
 # --------------------------------------------------------------------------------------------- expansion

@@ -118,6 +118,11 @@ class DataSource:
     def check(self) -> None:
         """Raise :class:`FileNotFoundError` naming the missing path if the data is not on disk."""
 
+    def known_shape(self) -> tuple[int, int] | None:
+        """(classes, input channels) as far as they are known without loading the data (None: not known), so that
+        a teacher file can be checked against the networks of this data before any job starts."""
+        return None
+
     def load(self) -> Splits:
         raise NotImplementedError
 
@@ -151,6 +156,9 @@ class Digits(DataSource):
         if not 0.0 < test_fraction < 1.0:
             raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
         self.test_fraction, self.split_seed = test_fraction, split_seed
+
+    def known_shape(self) -> tuple[int, int]:
+        return 10, 1
 
     def load(self) -> Splits:
         from sklearn.datasets import load_digits
@@ -209,6 +217,9 @@ class FashionMNIST(DataSource):
         for stem in self.FILES:
             self._file(stem)
 
+    def known_shape(self) -> tuple[int, int]:
+        return 10, 1
+
     def load(self) -> Splits:
         self.check()
         arrays = [read_idx(self._file(stem)) for stem in self.FILES]
@@ -230,6 +241,9 @@ class Synthetic(DataSource):
                  in_chans: int = 1, noise: float = 1.0, seed: int = 0) -> None:
         self.num_classes, self.num_train, self.num_test = num_classes, num_train, num_test
         self.img_size, self.in_chans, self.noise, self.seed = img_size, in_chans, noise, seed
+
+    def known_shape(self) -> tuple[int, int]:
+        return self.num_classes, self.in_chans
 
     def load(self) -> Splits:
         gen = torch.Generator().manual_seed(self.seed)
@@ -309,6 +323,9 @@ class CIFAR100(DataSource):
     def check(self) -> None:
         self.folder()
 
+    def known_shape(self) -> tuple[int, int]:
+        return 100, 3
+
     def load(self) -> Splits:
         folder = self.folder()
         augment = Augment(pad=self.pad) if self.augment else None
@@ -358,6 +375,13 @@ class ImageFolderSource(DataSource):
             if listed is not None and not Path(listed).expanduser().is_file():
                 raise FileNotFoundError(f"{key} '{listed}' does not exist (lines '<path under root> <label>', "
                                         f"as ImageNet_LT_train.txt)")
+
+    def known_shape(self) -> tuple[int, int] | None:
+        try:
+            train, _ = self.folders()
+        except FileNotFoundError:
+            return None
+        return sum(1 for entry in train.iterdir() if entry.is_dir()), 3
 
     def load(self) -> Splits:
         from kdbench.data.files import FileData, ImageTransforms, read_list, scan_image_folder
@@ -409,6 +433,12 @@ class UnlabeledFolder(DataSource):
         if self.eval_root is None:
             raise FileNotFoundError(f"unlabeled_folder needs eval_root, a labelled ImageFolder tree ({self.LAYOUT})")
         data_root(self.eval_root, "unlabeled_folder eval_root", self.LAYOUT)
+
+    def known_shape(self) -> tuple[int, int] | None:
+        folder = Path(self.eval_root).expanduser() if self.eval_root else None
+        if folder is None or not folder.is_dir():
+            return None
+        return sum(1 for entry in folder.iterdir() if entry.is_dir()), 3
 
     def load(self) -> Splits:
         from kdbench.data.files import FileData, ImageTransforms, scan_image_folder, scan_unlabeled

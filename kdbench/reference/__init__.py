@@ -28,3 +28,14 @@ def lookup(table: pd.DataFrame, dataset: str, regime: str, teacher: str, student
     if epochs is not None:
         rows = rows[rows["epochs"].isna() | (rows["epochs"] == epochs)]
     return None if rows.empty else rows.iloc[0]
+
+
+def published_teacher(model: str, dataset: str | None = None, table: pd.DataFrame | None = None
+                      ) -> pd.Series | None:
+    """The published top-1 of a teacher network (the anchors' teacher files: RepDistiller's CIFAR-100 teachers,
+    torchvision's ImageNet weights), or None. A timm tag is ignored (``resnet34.tv_in1k`` -> ``resnet34``)."""
+    table = load_published() if table is None else table
+    rows = table[(table["method"] == "teacher") & (table["teacher"] == model.split(".")[0]) & table["primary"]]
+    if dataset is not None:
+        rows = rows[rows["dataset"] == dataset]
+    return None if rows.empty else rows.iloc[0]

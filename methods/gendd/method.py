@@ -13,6 +13,7 @@ Supervised runs first warm-start the student through ``Linear(F_s -> D)`` and th
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -60,6 +61,23 @@ def feature_mixup(z: torch.Tensor, target: torch.Tensor, m: float,
                   perm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mix condition and target with the same weight and permutation: ``m a + (1 - m) a[perm]``."""
     return m * z + (1 - m) * z[perm], m * target + (1 - m) * target[perm]
+
+
+@contextlib.contextmanager
+def strict_fp32(device: torch.device) -> Iterator[None]:
+    """GenDD's head, diffusion loss and sampler run in strict fp32 whatever the run's precision, as the authors' code
+    does everywhere: autocast off, and on CUDA no TF32 matmuls (10-bit mantissa). The sampler's first step divides
+    the head's epsilon error by sqrt(alpha_bar(999)) ~ 5e-5, so bf16 rounding (about 3 significant digits) would
+    become an error of tens per feature dimension. Callers cast their inputs to float32."""
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.autocast(device.type, enabled=False):
+            yield
+    finally:
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
 def sweep_name(entry: dict) -> str:
@@ -153,27 +171,28 @@ class GenDD(Method):
     # ------------------------------------------------------------------ training
     def losses(self, batch: Batch, s: Outputs, t: Outputs | None) -> dict[str, torch.Tensor]:
         hp = self.hp
-        z = self.cond_norm(s.feature)
-        with torch.no_grad():
-            target = contract(t.feature, batch.y, self.teacher_weight, hp["smooth"])
-            self.target_norm_stats += torch.stack([target.norm(dim=1).sum().double(),
-                                                   torch.tensor(float(target.shape[0]), dtype=torch.float64,
-                                                                device=target.device)])
-        if hp["beta"] > 0:
-            m = float(np.random.beta(hp["beta"], hp["beta"]))
-            z, target = feature_mixup(z, target, m, torch.randperm(z.shape[0], device=z.device))
-        tokens = split_tokens(target, hp["token_dim"]).repeat(hp["mul"], 1)
-        cond = z.repeat_interleave(self.num_tokens, dim=0).repeat(hp["mul"], 1)
-        idx = torch.arange(self.num_tokens, device=z.device).repeat(z.shape[0] * hp["mul"])
-        keep = (torch.rand(cond.shape[0], device=cond.device) >= hp["cond_drop"]).to(cond.dtype)
-        cond = cond * keep[:, None]
-        if self.flow is not None:
-            loss = self.flow.training_losses(lambda x, tt: self.head(x, tt, cond, idx), tokens)
-            terms = {"flow": loss["loss"].mean()}
-        else:
-            steps = torch.randint(0, self.diffusion.num_steps, (tokens.shape[0],), device=tokens.device)
-            loss = self.diffusion.training_losses(lambda x, tt: self.head(x, tt, cond, idx), tokens, steps)
-            terms = {"diffusion": loss["loss"].mean()}
+        with strict_fp32(s.feature.device):  # the backbones may run in bf16; the head and its loss never do
+            z = self.cond_norm(s.feature.float())
+            with torch.no_grad():
+                target = contract(t.feature.float(), batch.y, self.teacher_weight, hp["smooth"])
+                self.target_norm_stats += torch.stack([target.norm(dim=1).sum().double(),
+                                                       torch.tensor(float(target.shape[0]), dtype=torch.float64,
+                                                                    device=target.device)])
+            if hp["beta"] > 0:
+                m = float(np.random.beta(hp["beta"], hp["beta"]))
+                z, target = feature_mixup(z, target, m, torch.randperm(z.shape[0], device=z.device))
+            tokens = split_tokens(target, hp["token_dim"]).repeat(hp["mul"], 1)
+            cond = z.repeat_interleave(self.num_tokens, dim=0).repeat(hp["mul"], 1)
+            idx = torch.arange(self.num_tokens, device=z.device).repeat(z.shape[0] * hp["mul"])
+            keep = (torch.rand(cond.shape[0], device=cond.device) >= hp["cond_drop"]).to(cond.dtype)
+            cond = cond * keep[:, None]
+            if self.flow is not None:
+                loss = self.flow.training_losses(lambda x, tt: self.head(x, tt, cond, idx), tokens)
+                terms = {"flow": loss["loss"].mean()}
+            else:
+                steps = torch.randint(0, self.diffusion.num_steps, (tokens.shape[0],), device=tokens.device)
+                loss = self.diffusion.training_losses(lambda x, tt: self.head(x, tt, cond, idx), tokens, steps)
+                terms = {"diffusion": loss["loss"].mean()}
         if batch.y is not None and hp["probe"]:
             terms["probe_ce"] = F.cross_entropy(self._student_fc(s.feature.detach()), batch.y)
         return terms
@@ -223,7 +242,10 @@ class GenDD(Method):
 
         The noise comes from a generator of its own (seeded with ``sample_seed``), so evaluating never moves the
         training RNG: two runs that differ only in how they sample train identically."""
-        sampling = sampling or self.sampling
+        with strict_fp32(z.device):
+            return self._sample_features(z.float(), sampling or self.sampling, num_samples)
+
+    def _sample_features(self, z: torch.Tensor, sampling: Sampling, num_samples: int | None) -> torch.Tensor:
         samples = 1 if sampling.kind == "x0" else (sampling.samples if num_samples is None else num_samples)
         batch = z.shape[0]
         cond = z.repeat_interleave(self.num_tokens, dim=0).repeat(samples, 1)
@@ -284,7 +306,7 @@ class GenDD(Method):
             for x, _ in batches():
                 if items is not None and seen >= items:
                     break
-                z = self.cond_norm(student(x).feature)
+                z = self.condition(student(x).feature)
                 zs.append(z.double())
                 targets.append(self.sample_features(z).double())
                 seen += len(x)
@@ -307,22 +329,32 @@ class GenDD(Method):
         def predictor(setting: Sampling | str) -> Any:
             @torch.no_grad()
             def predict(x: torch.Tensor, s: Outputs) -> torch.Tensor:
-                z = self.cond_norm(s.feature)
+                z = self.condition(s.feature)
                 features = self._distilled_features(z) if setting == "distilled" else self.sample_features(z, setting)
-                return F.linear(features, self.teacher_weight, self.teacher_bias)
+                return self.teacher_logits(features)
             return predict
         return {name: predictor(setting) for name, setting in self.sweep.items()}
 
+    def condition(self, feature: torch.Tensor) -> torch.Tensor:
+        """The head's condition ``LayerNorm(f_s)``, in fp32 (the student's feature may come out of bf16 autocast)."""
+        with strict_fp32(feature.device):
+            return self.cond_norm(feature.float())
+
+    def teacher_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """The frozen teacher head ``W f + b`` on sampled teacher-space features, in fp32."""
+        with strict_fp32(features.device):
+            return F.linear(features.float(), self.teacher_weight, self.teacher_bias)
+
     @torch.no_grad()
     def predict(self, x: torch.Tensor, s: Outputs, *, final: bool = False) -> torch.Tensor:
-        features = self.sample_features(self.cond_norm(s.feature),
+        features = self.sample_features(self.condition(s.feature),
                                         num_samples=self.hp["num_samples" if final else "val_samples"])
         if final:
             finite = torch.isfinite(features).all(dim=1)
             self._stats["nonfinite_samples"] += int((~finite).sum())
             self._stats["sample_norm_sum"] += float(features[finite].norm(dim=1).sum())
             self._stats["sample_rows"] += int(finite.sum())
-        return F.linear(features, self.teacher_weight, self.teacher_bias)
+        return self.teacher_logits(features)
 
     # ------------------------------------------------------------------ record
     def extras(self) -> dict[str, dict[str, Any]]:
