@@ -17,6 +17,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from kdbench.dispatch import dispatch
     from kdbench.suite import expand, load_suite
 
+    if args.json and not args.dry_run:
+        print("error: --json writes the plan of a --dry-run; add --dry-run (nothing was started)", file=sys.stderr)
+        return 2
     overrides = list(args.overrides)
     if args.executor:
         overrides.append(f"executor.name={args.executor}")
@@ -29,9 +32,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite, overrides, check_files=not args.dry_run)
     plan = expand(suite)
     if args.dry_run:
-        from kdbench.dryrun import describe_plan
+        from kdbench.dryrun import describe_plan, write_plan_json
 
         print(describe_plan(suite, plan, Path(args.results)))
+        if args.json:
+            write_plan_json(suite, plan, Path(args.json))
+            print(f"plan: {len(plan.teachers)} teacher job(s) and {len(plan.runs)} run spec(s) -> {args.json}")
         return 0
     print(f"suite '{suite.name}' ({suite.source}): {len(plan.teachers)} teacher job(s), {len(plan.runs)} run(s), "
           f"executor {suite.executor.name} -> {Path(args.results) / suite.name}", flush=True)
@@ -198,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="slurm: submit and return; collect later with `python -m kdbench status DIR`")
     run.add_argument("--dry-run", action="store_true",
                      help="validate and print the run table, the jobs and the estimated GPU-hours; touch no data")
+    run.add_argument("--json", metavar="FILE", help="with --dry-run: write every planned job's fully resolved spec "
+                     "(teacher, student, regime, seed, method values, train settings) to FILE as JSON")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(func=_cmd_run)
 

@@ -63,6 +63,7 @@ def _flatten(record: dict[str, Any], path: Path) -> dict[str, Any]:
         "error": record.get("error"), "diverged_epoch": stability.get("diverged_epoch"),
         "loss_spikes": stability.get("loss_spikes"), "grad_norm_max": stability.get("grad_norm_max"),
         "nonfinite_events": stability.get("nonfinite_events"),
+        **_provenance(spec.get("provenance")),
     }
     row.update({f"param_{k}": v for k, v in (spec.get("method_params") or {}).items()
                 if isinstance(v, int | float | str | bool)})
@@ -70,6 +71,24 @@ def _flatten(record: dict[str, Any], path: Path) -> dict[str, Any]:
     row["val_size"] = (record.get("data") or {}).get("val_size")
     row.update({k: v for k, v in (record.get("cost") or {}).items() if isinstance(v, int | float)})
     return row
+
+
+def _provenance(provenance: Any) -> dict[str, Any]:
+    """A run's reference recipe (``gendd/cifar100``) and the keys it deviates from it on, as report columns."""
+    if not isinstance(provenance, dict) or not provenance.get("recipe"):
+        return {}
+    keys = [str(d.get("key", "")).split(".", 1)[-1] for d in provenance.get("deviations") or []
+            if isinstance(d, dict)]
+    return {"reference_recipe": str(provenance["recipe"]), "deviations": ", ".join(sorted(keys))}
+
+
+def recipe_note(runs: pd.DataFrame) -> str:
+    """How a method's runs in a cell relate to the authors' recipe: ``authors`` (its reference recipe, no
+    deviation), ``deviates: smooth, ...`` (declared deviations), or empty (no reference recipe)."""
+    if "reference_recipe" not in runs or runs["reference_recipe"].isna().all():
+        return ""
+    deviations = sorted({d for d in runs.get("deviations", pd.Series(dtype=str)).dropna() if d})
+    return f"deviates: {'; '.join(deviations)}" if deviations else "authors"
 
 
 def load_records(root: Path) -> Records:
@@ -127,6 +146,7 @@ class MethodStats:
     deltas: dict[str, PairedDelta | None]
     published: pd.Series | None
     not_done: dict[str, int]
+    recipe: str = ""  # "authors", "deviates: <keys>" or "" (no reference recipe): see :func:`recipe_note`
 
 
 def _by_seed(frame: pd.DataFrame, column: str = "top1_last") -> dict[int, float]:
@@ -159,7 +179,8 @@ def cell_methods(cell: pd.DataFrame, published: pd.DataFrame | None = None) -> l
         ref = None if published is None else lookup(published, first["dataset"], first["regime"], first["teacher"],
                                                      first["student"], method, epochs)
         not_done = runs[runs["state"] != "done"]["state"].value_counts().to_dict()
-        out.append(MethodStats(label, method, len(runs), done, accuracy, deltas, ref, not_done))
+        out.append(MethodStats(label, method, len(runs), done, accuracy, deltas, ref, not_done,
+                               recipe_note(runs)))
     return out
 
 
@@ -185,6 +206,8 @@ def cell_stats(frame: pd.DataFrame, published: pd.DataFrame | None = None) -> pd
                 row.update(published_top1=float(ms.published["top1"]), published_source=ms.published["source"])
             for state, count in ms.not_done.items():
                 row[f"runs_{state}"] = count
+            if ms.recipe:
+                row["recipe"] = ms.recipe
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -307,8 +330,10 @@ def _variants_table(variants: pd.DataFrame) -> Table:
 def _accuracy_table(stats: list[MethodStats]) -> Table:
     shown = [(c, h) for c, h in ACCURACY + EXTRA_ACCURACY if any(ms.accuracy.get(c) for ms in stats)]
     has_ref = any(ms.published is not None for ms in stats)
+    has_recipe = any(ms.recipe for ms in stats)
     headers = ["method", "n", *[h for _, h in shown[:1]], "95% CI", *[h for _, h in shown[1:]],
-               *[f"Δ vs {b}" for b in BASELINES], *(["published", "gap"] if has_ref else []), "not done"]
+               *[f"Δ vs {b}" for b in BASELINES], *(["published", "gap"] if has_ref else []),
+               *(["recipe"] if has_recipe else []), "not done"]
     rows = []
     for ms in stats:
         first = ms.accuracy.get(shown[0][0]) if shown else None
@@ -320,6 +345,8 @@ def _accuracy_table(stats: list[MethodStats]) -> Table:
                 row += [f"{ms.published['top1']:.2f}", f"{first.mean - ms.published['top1']:+.2f}"]
             else:
                 row += [f"{ms.published['top1']:.2f}" if ms.published is not None else "", ""]
+        if has_recipe:
+            row.append(ms.recipe)
         row.append(", ".join(f"{n} {s}" for s, n in ms.not_done.items()))
         rows.append(row)
     return Table("accuracy", headers, rows)
@@ -390,6 +417,8 @@ LEGEND = ("mean ± sd over seeds (n = finished runs); 95% CI = Student-t interva
           "top-1 on the split held out of training, at the last epoch: the figure to choose settings by (never "
           "test). published: the "
           "anchor's number for this pair and method (kdbench/reference/published.csv), gap = ours - published. "
+          "recipe: authors = every value of the method's reference recipe (kdbench/reference/recipes.csv); "
+          "deviates = the suite runs other values for the keys named (declared, with reasons, in the suite). "
           "Cost: medians; ms/img timed inside each run after warm-up (median of repeats); x student = the method's "
           "full predict path over the student's plain forward; epochs (total) = main + extra stages.")
 

@@ -38,6 +38,8 @@ import yaml
 
 from kdbench.data import dataset_parameters, dataset_registry, regime_parameters, regime_registry
 from kdbench.method import discover_methods, hyperparameters
+from kdbench.reference.apply import CellRecipe, UndeclaredDeviation, apply_reference
+from kdbench.reference.recipes import reference_recipes
 from kdbench.registry import UnknownNameError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -74,6 +76,8 @@ class Recipe:
     milestones: tuple[int, ...] = ()
     lr_decay: float = 0.1
     warmup_epochs: int = 0
+    warmup_hold: bool = False  # GenDD's CIFAR script's quirk: after the warm-up the lr stays at (W-1)/W of its
+    # value until the first milestone (helper code sets lr*e/W for e < W, then nothing until a decay); off by default
     min_lr: float = 0.0
     grad_clip: float | None = None
     diverge_above: float = 1e4
@@ -89,6 +93,9 @@ class Recipe:
         _require(self.weight_decay >= 0, f"{key}.weight_decay", f"must be >= 0, got {self.weight_decay}")
         _require(0 <= self.warmup_epochs < self.epochs, f"{key}.warmup_epochs",
                  f"must be in [0, epochs), got {self.warmup_epochs}")
+        _require(not self.warmup_hold or (self.schedule == "multistep" and self.warmup_epochs >= 1),
+                 f"{key}.warmup_hold", "holds the lr after a warm-up until the first milestone: needs schedule "
+                 f"multistep and warmup_epochs >= 1 (got {self.schedule}, {self.warmup_epochs})")
         _require(all(0 < m < self.epochs for m in self.milestones), f"{key}.milestones",
                  f"every milestone must be in (0, {self.epochs}), got {list(self.milestones)}")
         _require(self.diverge_above > 0, f"{key}.diverge_above", "must be > 0")
@@ -148,7 +155,13 @@ class TeacherSettings:
     def source(self, model: str) -> TeacherSource | None:
         """Where the teacher ``model`` comes from (None: the suite trains it)."""
         value = self.sources.get(model)
-        return None if value is None else build_dataclass(TeacherSource, value, f"teacher.sources.{model}")
+        if value is None:
+            return None
+        token = CHECK_FILES.set(False)  # validation checked the file; expanding a plan (or a dry run) opens nothing
+        try:
+            return build_dataclass(TeacherSource, value, f"teacher.sources.{model}")
+        finally:
+            CHECK_FILES.reset(token)
 
 
 @dataclass(frozen=True)
@@ -255,6 +268,9 @@ class Entry:
     label: str = ""
     train: Recipe | None = None  # a method's own recipe (the suite's train settings, overridden key by key)
     train_overrides: dict[str, Any] = field(default_factory=dict)  # the keys the method's ``train:`` sets
+    given: dict[str, Any] = field(default_factory=dict)  # the parameters the suite sets explicitly (coerced)
+    reference: str | None = None  # a method's ``recipe:``: the authors' setting its values come from
+    deviations: dict[str, str] = field(default_factory=dict)  # reference key -> why the suite runs another value
 
 
 @dataclass(frozen=True)
@@ -267,13 +283,28 @@ class Pair:
     train: dict[str, Any] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)  # method label -> hyper-parameters for this pair
 
-    def method_params(self, method: Entry) -> dict[str, Any]:
-        """A method's hyper-parameters in this pair's cells (e.g. DKD's beta per pair, as mdistiller sets it)."""
-        return {**method.params, **(self.params.get(method.label) or {})}
+    def explicit_params(self, method: Entry) -> dict[str, Any]:
+        """The hyper-parameters the suite sets for a method in this pair's cells (entry and pair overrides)."""
+        return {**method.given, **(self.params.get(method.label) or {})}
 
-    def recipe(self, suite_train: Recipe, method: Entry) -> Recipe:
-        """The student recipe of a (pair, method) cell: suite train <- pair train <- method train."""
-        merged = {**dataclasses.asdict(suite_train), **self.train, **method.train_overrides}
+    def reference(self, method: Entry) -> CellRecipe | None:
+        """What the method's reference recipe (``recipe:``) sets in this pair's cells, or None without one.
+        Raises :class:`UndeclaredDeviation` (turned into a :class:`SuiteError` by :func:`validate`)."""
+        if method.reference is None:
+            return None
+        return apply_reference(method.name, method.reference, self.teacher, self.student,
+                               self.explicit_params(method), method.train_overrides, method.deviations)
+
+    def method_params(self, method: Entry, cell: CellRecipe | None = None) -> dict[str, Any]:
+        """A method's hyper-parameters in this pair's cells: defaults <- reference recipe <- the method's entry
+        <- the pair's overrides (e.g. DKD's beta per pair, as mdistiller sets it)."""
+        return {**method.params, **(cell.params if cell else {}), **(self.params.get(method.label) or {})}
+
+    def recipe(self, suite_train: Recipe, method: Entry, cell: CellRecipe | None = None) -> Recipe:
+        """The student recipe of a (pair, method) cell: suite train <- pair train <- reference recipe <- method
+        train."""
+        merged = {**dataclasses.asdict(suite_train), **self.train, **(cell.train if cell else {}),
+                  **method.train_overrides}
         return build_dataclass(Recipe, merged, "train")
 
 
@@ -558,19 +589,70 @@ def _entry(raw: Any, key: str, registry: Any, params_of: Any, reserved: tuple[st
     label = raw.get("label", name)
     if not isinstance(label, str) or not label:
         raise SuiteError(f"{key}.label", f"expected a non-empty string, got {label!r}")
-    return Entry(name=name, params=params, label=label)
+    return Entry(name=name, params=params, label=label, given={k: params[k] for k in given})
 
 
 def _method_entry(raw: Any, key: str, registry: Any, suite_train: dict[str, Any]) -> Entry:
-    """A method entry: its hyper-parameters, an optional ``label`` and an optional ``train`` recipe override."""
-    entry = _entry(raw, key, registry, hyperparameters, ("name", "label", "train"))
-    own = raw.get("train") if isinstance(raw, dict) else None
+    """A method entry: its hyper-parameters, an optional ``label``, an optional ``train`` recipe override, an
+    optional reference ``recipe`` (a setting of ``kdbench/reference/recipes.csv``) and its ``deviations``."""
+    entry = _entry(raw, key, registry, hyperparameters, ("name", "label", "train", "recipe", "deviations"))
+    raw = raw if isinstance(raw, dict) else {}
+    entry = dataclasses.replace(entry, **_reference_of(raw, key, entry.name))
+    own = raw.get("train")
     if own is None:
         return entry
     if not isinstance(own, dict):
         raise SuiteError(f"{key}.train", f"expected a mapping, got {own!r}")
     return dataclasses.replace(entry, train=build_dataclass(Recipe, {**suite_train, **own}, f"{key}.train"),
                                train_overrides=dict(own))
+
+
+def _reference_of(raw: dict[str, Any], key: str, method: str) -> dict[str, Any]:
+    """A method entry's ``recipe`` (checked against the reference table) and ``deviations`` (key -> reason)."""
+    setting, deviations = raw.get("recipe"), raw.get("deviations")
+    if setting is None:
+        _require(deviations is None, f"{key}.deviations", "deviations need a reference recipe (recipe: <setting>)")
+        return {}
+    known = reference_recipes().settings(method)
+    _require(isinstance(setting, str) and setting in known, f"{key}.recipe",
+             f"no reference recipe '{setting}' for method '{method}' (known: {', '.join(known) or 'none'})")
+    deviations = {} if deviations is None else deviations
+    _require(isinstance(deviations, dict), f"{key}.deviations",
+             f"expected a mapping of <params.name | train.name>: <reason>, got {deviations!r}")
+    for name, reason in deviations.items():
+        _require(isinstance(name, str) and name.split(".", 1)[0] in ("params", "train") and "." in name,
+                 f"{key}.deviations.{name}", "a deviation key is params.<name> or train.<name>")
+        _require(isinstance(reason, str) and reason.strip() != "", f"{key}.deviations.{name}",
+                 "give the reason for running another value than the authors' (a non-empty string)")
+    return {"reference": setting, "deviations": dict(deviations)}
+
+
+def _check_references(pairs: list[Pair], methods: tuple[Entry, ...], train: Recipe, registry: Any) -> None:
+    """Every cell of a method with a reference recipe follows it, or deviates where the suite declares it;
+    every declared deviation applies to some cell; the values the recipe fills in are valid."""
+    for i, method in enumerate(methods):
+        if method.reference is None:
+            continue
+        cls = registry.get(method.name)
+        used: set[str] = set()
+        for j, pair in enumerate(pairs):
+            try:
+                cell = pair.reference(method)
+            except UndeclaredDeviation as err:
+                by_pair = err.ref.name in (pair.params.get(method.label) or {})
+                key = (f"pairs[{j}].params.{method.label}.{err.ref.name}" if err.ref.kind == "params" and by_pair
+                       else f"methods[{i}].{err.ref.name}" if err.ref.kind == "params"
+                       else f"methods[{i}].train.{err.ref.name}")
+                raise SuiteError(key, f"{pair.teacher} -> {pair.student}: {err}") from None
+            used.update(d.key for d in cell.deviations)
+            where = f"methods[{i}] (recipe {cell.setting}, {pair.teacher} -> {pair.student})"
+            resolve_params(hyperparameters(cls), typing.get_type_hints(cls.__init__),
+                           pair.method_params(method, cell), where, f"method '{method.name}'")
+            pair.recipe(train, method, cell).check(where + ".train")
+        for name in method.deviations:
+            _require(name in used, f"methods[{i}].deviations.{name}",
+                     f"no cell deviates from the reference value of {name} (recipe {method.name}/{method.reference}):"
+                     " remove the declaration")
 
 
 def _check_instantiable(entry: Entry, registry: Any, key: str) -> None:
@@ -629,6 +711,7 @@ def validate(raw: dict[str, Any], source: str = "") -> Suite:
         build_dataclass(Recipe, {**dataclasses.asdict(train), **pair.train}, f"pairs[{i}].train")
     methods = tuple(_method_entry(m, f"methods[{i}]", methods_registry, raw.get("train") or {})
                     for i, m in enumerate(_list(raw, "methods")))
+    _check_references(pairs, methods, train, methods_registry)
     labels = [m.label for m in methods]
     for i, label in enumerate(labels):
         _require(labels.index(label) == i, f"methods[{i}].label",
@@ -722,6 +805,7 @@ def spec_id(spec: dict[str, Any]) -> str:
     hashed = _jsonable(spec)
     hashed.get("dataset", {}).get("params", {}).pop("root", None)  # where the data sits is not what it is
     hashed.pop("runtime", None)  # how it is computed (bf16, memory format) is recorded, not part of what it is
+    hashed.pop("provenance", None)  # where its values come from (reference recipe, deviations): not what it is
     if isinstance(hashed.get("source"), dict):
         hashed["source"].pop("checkpoint", None)  # nor where a checkpoint sits: its sha256 says what it is
     canonical = json.dumps(hashed, sort_keys=True, separators=(",", ":"))
@@ -824,7 +908,8 @@ def expand(suite: Suite) -> Plan:
                     continue
                 if needs.teacher:
                     plan.teachers[t_id] = t_spec
-                recipe = pair.recipe(suite.train, method)
+                cell = pair.reference(method)
+                recipe = pair.recipe(suite.train, method, cell)
                 for seed in suite.seeds:
                     spec = _jsonable({
                         "role": "student",
@@ -834,7 +919,7 @@ def expand(suite: Suite) -> Plan:
                         "teacher_id": t_id if needs.teacher else None,
                         "method": method.name,
                         "label": method.label,
-                        "method_params": pair.method_params(method),
+                        "method_params": pair.method_params(method, cell),
                         "dataset": {"name": suite.dataset.name, "params": suite.dataset.params},
                         "regime": _regime_spec(regime),
                         "seed": seed,
@@ -842,6 +927,7 @@ def expand(suite: Suite) -> Plan:
                         "recipe": dataclasses.asdict(recipe),
                         "eval": dataclasses.asdict(suite.eval),
                         "runtime": _runtime(suite),
+                        **({"provenance": cell.provenance()} if cell else {}),
                     })
                     plan.runs[spec_id(spec)] = spec
     return plan

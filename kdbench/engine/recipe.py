@@ -34,10 +34,15 @@ class LRFactor:
         self.milestones = [m * self.steps_per_epoch for m in recipe["milestones"]]
         self.decay = recipe["lr_decay"]
         self.floor = recipe["min_lr"] / recipe["lr"]
+        # GenDD's CIFAR quirk (off by default): the warm-up's last per-epoch value, (W-1)/W, held until a decay
+        warm_epochs = recipe["warmup_epochs"]
+        self.hold = (warm_epochs - 1) / warm_epochs if recipe.get("warmup_hold") and warm_epochs else None
 
     def __call__(self, step: int) -> float:
         if step < self.warmup:
             return (step + 1) / self.warmup
+        if self.hold is not None and self.kind == "multistep" and not any(step >= m for m in self.milestones):
+            return self.hold
         if self.kind == "multistep":
             return self.decay ** sum(step >= m for m in self.milestones)
         if self.kind == "cosine":

@@ -8,7 +8,8 @@ together with z (feature mixup), split into ``D / token_dim`` tokens (Split Toke
 times, the condition dropped to zero with probability ``cond_drop``. Prediction: ``num_samples`` samples of every
 token by the respaced reverse chain with classifier-free guidance, averaged in feature space, then the frozen
 teacher head ``W_T f + b_T``. The student's own fc is trained with CE on the detached feature as a probe.
-Supervised runs first warm-start the student through ``Linear(F_s -> D)`` and the frozen teacher head (CE).
+Supervised runs first warm-start the student through ``Linear(F_s -> D)`` (the identity when ``F_s == D``, as the
+authors' code does; ``warm_projector: linear`` always uses a Linear) and the frozen teacher head (CE).
 """
 
 from __future__ import annotations
@@ -32,6 +33,15 @@ from methods.gendd.flow import RectifiedFlow
 from methods.gendd.head import DiffusionHead
 
 SAMPLERS = {"diffusion": ("ddpm", "ddim", "x0"), "flow": ("euler",)}
+WARM_PROJECTORS = ("auto", "linear")
+
+
+def warm_projector_for(student_dim: int, teacher_dim: int, kind: str = "auto") -> nn.Module:
+    """The warm start's projector from the student's feature to the teacher head's input: ``Linear(F_s -> D)``,
+    or, with ``auto`` (the authors' code, diff_model.py stage-1), the identity when ``F_s == D``."""
+    if kind == "auto" and student_dim == teacher_dim:
+        return nn.Identity()
+    return nn.Linear(student_dim, teacher_dim)
 PREDICTORS = ("distilled",)  # variants that are not samplers of the head
 
 
@@ -126,7 +136,8 @@ class GenDD(Method):
                  temperature: float = 1.0, num_samples: int = 5, val_samples: int = 1,
                  beta2_min: float = 0.95, head_weight_decay: float = 0.0, probe: bool = True,
                  warm_start_epochs: int = 50, warm_start_lr: float = 3e-3,
-                 warm_start_weight_decay: float = 5e-2, sample_seed: int = 0,
+                 warm_start_weight_decay: float = 5e-2, warm_start_batch_size: int = 0,
+                 warm_projector: str = "auto", sample_seed: int = 0,
                  eval_sweep: tuple[dict, ...] = (), objective: str = "diffusion") -> None:
         super().__init__(student, teacher, num_classes=num_classes)
         dim = teacher.feature_dim
@@ -138,6 +149,10 @@ class GenDD(Method):
         if sampler not in SAMPLERS[objective]:
             raise ValueError(f"sampler '{sampler}' does not sample a {objective} head (known: "
                              f"{', '.join(SAMPLERS[objective])})")
+        if warm_projector not in WARM_PROJECTORS:
+            raise ValueError(f"warm_projector must be one of {', '.join(WARM_PROJECTORS)}, got '{warm_projector}'")
+        if warm_start_batch_size < 0 or warm_start_batch_size == 1:
+            raise ValueError(f"warm_start_batch_size must be 0 (the run's batch) or >= 2, got {warm_start_batch_size}")
         if not 0 <= start_step < diffusion_steps:
             raise ValueError(f"start_step must be in [0, {diffusion_steps - 1}], got {start_step}")
         self.objective = objective
@@ -145,7 +160,7 @@ class GenDD(Method):
                        sampler=sampler, temperature=temperature, num_samples=num_samples, val_samples=val_samples,
                        beta2_min=beta2_min, head_weight_decay=head_weight_decay, probe=probe,
                        warm_start_epochs=warm_start_epochs, warm_start_lr=warm_start_lr,
-                       warm_start_weight_decay=warm_start_weight_decay)
+                       warm_start_weight_decay=warm_start_weight_decay, warm_start_batch_size=warm_start_batch_size)
         self.num_tokens = dim // token_dim
         self.sample_seed = sample_seed
         self.cond_norm = nn.LayerNorm(student.feature_dim)
@@ -159,7 +174,8 @@ class GenDD(Method):
         self.sweep = {sweep_name(entry): self._sweep_settings(entry) for entry in eval_sweep}
         self.distilled: tuple[torch.Tensor, torch.Tensor] | None = None  # (weight, bias) once fitted
         self.distill_fit: dict[str, Any] = {}
-        self.warm_projector = nn.Linear(student.feature_dim, dim) if warm_start_epochs > 0 else None
+        self.warm_projector = warm_projector_for(student.feature_dim, dim, warm_projector) \
+            if warm_start_epochs > 0 else None
         classifier = teacher.classifier
         self.register_buffer("teacher_weight", classifier.weight.detach().clone())
         self.register_buffer("teacher_bias", classifier.bias.detach().clone())
@@ -225,7 +241,9 @@ class GenDD(Method):
         return [Stage(
             name="warm_start", epochs=hp["warm_start_epochs"],
             recipe={"optimizer": "adamw", "lr": hp["warm_start_lr"], "weight_decay": hp["warm_start_weight_decay"],
-                    "schedule": "cosine", "warmup_epochs": 0, "milestones": [], "min_lr": 0.0},
+                    "schedule": "cosine", "warmup_epochs": 0, "milestones": [], "min_lr": 0.0,
+                    "warmup_hold": False,
+                    **({"batch_size": hp["warm_start_batch_size"]} if hp["warm_start_batch_size"] else {})},
             losses=lambda batch, s, t: {"warm_ce": F.cross_entropy(self._warm_logits(s), batch.y)},
             predict=lambda x, s: self._warm_logits(s),
             param_groups=lambda student: [{"params": list(student.parameters())
