@@ -127,6 +127,11 @@ class Method(nn.Module):
         """Called once after the last epoch, before the extra evaluations, with a way to iterate the training
         items as evaluation batches (no augmentation), e.g. to fit GenDD's distilled predictor. Default: nothing."""
 
+    def describe_predictor(self, final: bool) -> str:
+        """What :meth:`predict` computes, in a few words, for the report's column captions (``final``: the
+        end-of-run evaluation, else the per-epoch one). Default: the student's logits."""
+        return "student logits"
+
     def extra_evaluations(self) -> dict[str, Callable[[torch.Tensor, Outputs], torch.Tensor]]:
         """Named alternative predictors evaluated once on the final model (e.g. GenDD's sampler sweep: top-1 and
         latency of other step counts from the same trained head). Default: none."""

@@ -1,8 +1,11 @@
-"""The report's pictures (matplotlib, PNG): accuracy vs inference latency per cell, learning curves per cell,
-and GenDD ablation curves (top-1 and latency vs sampling steps, token size, smooth)."""
+"""The report's pictures (matplotlib, PNG at 150 dpi with an SVG beside each): accuracy vs inference latency per
+cell, learning curves per cell, and GenDD ablation curves (top-1 and latency vs sampling steps, token size,
+smooth). A method has one colour in every plot (from its label); every point says its n and shows its seeds;
+one quantity per axis (small multiples, never twin axes); the teacher's top-1 is a dashed line where known."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import sys
 from collections.abc import Callable
@@ -24,17 +27,40 @@ def _slug(*parts: object) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", "_".join(str(p) for p in parts)).strip("_")
 
 
+PALETTE = plt.get_cmap("tab10").colors + plt.get_cmap("Dark2").colors
+FIXED = {"vanilla": 7, "kd": 0, "mse": 2, "gendd": 3}  # the common ones keep the same tab10 colour everywhere
+DPI = 150
+
+
+def method_color(label: str) -> tuple[float, ...]:
+    """The colour of a method label in every plot and report: fixed for the common methods, else from a stable
+    hash of the label (never from the order the methods happen to be drawn in)."""
+    if label in FIXED:
+        return PALETTE[FIXED[label]]
+    return PALETTE[int(hashlib.md5(label.encode()).hexdigest(), 16) % len(PALETTE)]
+
+
 def _save(fig: plt.Figure, path: Path) -> Path:
+    """PNG (150 dpi) and SVG beside it, each written atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path.with_suffix(".tmp.png"), dpi=110)
+    for target, kind in ((path, "png"), (path.with_suffix(".svg"), "svg")):
+        tmp = target.with_suffix(f".tmp.{kind}")
+        fig.savefig(tmp, dpi=DPI, format=kind)
+        tmp.replace(target)
     plt.close(fig)
-    path.with_suffix(".tmp.png").replace(path)
     return path
 
 
-def accuracy_vs_latency(cell: pd.DataFrame, title: str, path: Path) -> Path | None:
-    """One point per method: mean top-1 (last) with its seed sd against median ms/img at batch 1 (log x)."""
+def _teacher_line(ax: plt.Axes, teacher_top1: float | None) -> None:
+    if teacher_top1 is not None and np.isfinite(teacher_top1):
+        ax.axhline(teacher_top1, color="0.3", linestyle="--", linewidth=1, label=f"teacher {teacher_top1:.2f}")
+
+
+def accuracy_vs_latency(cell: pd.DataFrame, title: str, path: Path, teacher_top1: float | None = None
+                        ) -> Path | None:
+    """One point per method: mean top-1 (last, its own predictor) with its seed sd and its seeds as small dots,
+    against median ms/img at batch 1 (log x); n in the label; the teacher's top-1 dashed."""
     done = cell[cell["state"] == "done"]
     if done.empty or "predict_ms_per_img_b1" not in done:
         return None
@@ -42,19 +68,23 @@ def accuracy_vs_latency(cell: pd.DataFrame, title: str, path: Path) -> Path | No
     for label, runs in done.groupby("label"):
         latency = runs["predict_ms_per_img_b1"].median()
         top1 = runs["top1_last"]
-        ax.errorbar(latency, top1.mean(), yerr=top1.std(ddof=1) if len(top1) > 1 else 0, fmt="o", capsize=4)
+        color = method_color(str(label))
+        ax.scatter([latency] * len(top1), top1, s=10, color=color, alpha=0.5)
+        ax.errorbar(latency, top1.mean(), yerr=top1.std(ddof=1) if len(top1) > 1 else 0, fmt="o", capsize=4,
+                    color=color, markerfacecolor="white" if len(top1) < 2 else color)
         ax.annotate(f"{label} (n={len(top1)})", (latency, top1.mean()), textcoords="offset points", xytext=(6, 4),
                     fontsize=8)
+    _teacher_line(ax, teacher_top1)
     ax.set_xscale("log")
     ax.set_xlabel("inference ms/img at batch 1 (full predict path, log scale)")
-    ax.set_ylabel("top-1 % (last epoch), mean ± sd")
-    ax.set_title(title, fontsize=9)
+    ax.set_ylabel("top-1 % (last epoch, own predictor), mean ± sd")
+    ax.set_title(title + "  (hollow: n = 1, no spread)", fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
 
-def learning_curves(cell: pd.DataFrame, title: str, path: Path) -> Path | None:
-    """Per method, per-epoch test top-1 of the main phase: mean over seeds and a ±sd band."""
+def learning_curves(cell: pd.DataFrame, title: str, path: Path, teacher_top1: float | None = None) -> Path | None:
+    """Per method, per-epoch test top-1 of the main phase (the per-epoch predictor): mean over seeds, ±sd band."""
     done = cell[cell["state"] == "done"]
     if done.empty:
         return None
@@ -72,14 +102,16 @@ def learning_curves(cell: pd.DataFrame, title: str, path: Path) -> Path | None:
         data = np.array([c[:length] for c in curves])
         epochs = np.arange(1, length + 1)
         mean, sd = data.mean(0), data.std(0, ddof=1) if len(data) > 1 else np.zeros(length)
-        ax.plot(epochs, mean, label=f"{label} (n={len(data)})")
-        ax.fill_between(epochs, mean - sd, mean + sd, alpha=0.2)
+        color = method_color(str(label))
+        ax.plot(epochs, mean, label=f"{label} (n={len(data)})", color=color)
+        ax.fill_between(epochs, mean - sd, mean + sd, alpha=0.2, color=color)
         drawn = True
     if not drawn:
         plt.close(fig)
         return None
+    _teacher_line(ax, teacher_top1)
     ax.set_xlabel("epoch (main phase)")
-    ax.set_ylabel("test top-1 % (per-epoch evaluation)")
+    ax.set_ylabel("test top-1 % (per-epoch predictor)")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
@@ -193,16 +225,33 @@ def gendd_parameter_curve(frame: pd.DataFrame, parameter: str, path: Path) -> Pa
         return None
     grouped = runs.groupby(column).agg(top1=("top1_last", "mean"), sd=("top1_last", "std"),
                                        ms=("predict_ms_per_img_b1", "median"), n=("top1_last", "size"))
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    ax.errorbar(grouped.index, grouped["top1"], yerr=grouped["sd"].fillna(0), fmt="o-", capsize=4)
+    fig, (ax, lat) = plt.subplots(1, 2, figsize=(8, 3.6))  # small multiples: one quantity per axis
+    color = method_color("gendd")
+    for value, group in runs.groupby(column):
+        ax.scatter([value] * len(group), group["top1_last"], s=10, color=color, alpha=0.5)
+    ax.errorbar(grouped.index, grouped["top1"], yerr=grouped["sd"].fillna(0), fmt="o", capsize=4, color=color)
+    for x, (mean, n) in zip(grouped.index, zip(grouped["top1"], grouped["n"], strict=True), strict=True):
+        ax.annotate(f"n={n}", (x, mean), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_xlabel(parameter)
-    ax.set_ylabel("top-1 % (last)")
-    twin = ax.twinx()
-    twin.plot(grouped.index, grouped["ms"], "s--", color="tab:red")
-    twin.set_ylabel("ms/img b1", color="tab:red")
-    ax.set_title(f"GenDD: top-1 and latency vs {parameter} (other settings equal)", fontsize=8)
+    ax.set_ylabel("top-1 % (last), mean ± sd, seeds as dots")
     ax.grid(alpha=0.3)
+    lat.plot(grouped.index, grouped["ms"], "s", color="0.3")
+    lat.set_xlabel(parameter)
+    lat.set_ylabel("ms/img at batch 1 (median)")
+    lat.set_ylim(bottom=0)
+    lat.grid(alpha=0.3)
+    fig.suptitle(f"GenDD: top-1 and latency vs {parameter} (other settings equal; points, not a curve)", fontsize=8)
     return _save(fig, path)
+
+
+def _teacher_top1(frame: pd.DataFrame, cell: pd.DataFrame) -> float | None:
+    """The measured top-1 of the teacher the cell's runs distilled from (one value when they share it)."""
+    if "teacher_id" not in cell or "top1_last" not in frame:
+        return None
+    ids = set(cell["teacher_id"].dropna())
+    teachers = frame[(frame["role"] == "teacher") & frame["run_id"].isin(ids) & (frame["state"] == "done")]
+    values = teachers["top1_last"].dropna()
+    return float(values.iloc[0]) if len(values) == 1 else None
 
 
 def write_plots(records: object, out: Path) -> list[Path]:
@@ -215,8 +264,11 @@ def write_plots(records: object, out: Path) -> list[Path]:
     jobs: list[tuple[Callable[..., Path | None], tuple]] = []
     for key, cell in students.groupby(CELL, dropna=False, sort=True):
         title = " · ".join(str(k) for k in key[:2]) + f" · {key[2]} -> {key[3]}"
-        jobs.append((accuracy_vs_latency, (cell, title, out / "plots" / f"accuracy_vs_latency_{_slug(*key)}.png")))
-        jobs.append((learning_curves, (cell, title, out / "plots" / f"learning_curves_{_slug(*key)}.png")))
+        teacher = _teacher_top1(frame, cell)
+        jobs.append((accuracy_vs_latency, (cell, title, out / "plots" / f"accuracy_vs_latency_{_slug(*key)}.png",
+                                           teacher)))
+        jobs.append((learning_curves, (cell, title, out / "plots" / f"learning_curves_{_slug(*key)}.png",
+                                       teacher)))
     jobs.append((gendd_sampler_curves, (students, out / "plots" / "gendd_sampling_steps.png")))
     from kdbench.variants import variant_rows, variant_summary
 

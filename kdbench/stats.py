@@ -53,9 +53,10 @@ class PairedDelta:
     seeds: tuple[int, ...]
 
     @property
-    def inside_noise(self) -> bool:
+    def inside_noise(self) -> bool | None:
+        """Whether the 95% CI contains 0; None when there is no CI (fewer than two seeds: nothing is known)."""
         s = self.summary
-        return s.ci95 is None or s.low <= 0 <= s.high
+        return None if s.ci95 is None else s.low <= 0 <= s.high
 
 
 def paired_delta(a: Mapping[int, float], b: Mapping[int, float]) -> PairedDelta | None:

@@ -43,6 +43,11 @@ def results(tmp_path: Path) -> Path:
     return tmp_path
 
 
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 T_975_2DF = 4.302652729911275  # Student-t quantile, 0.975, 2 degrees of freedom (from tables)
 
 
@@ -179,7 +184,17 @@ def test_prediction_variants_are_paired_by_seed_and_judged_against_the_authors_s
     assert own["how"] == "ddpm K=100 x5 cfg 2 t999" and own["ms_b1"] == pytest.approx(50.0)
     text = render(records)
     assert "prediction variants" in text and "linear map of LN(f_s)" in text
-    csv_blocks = render(records, "csv").split("\n\n")
-    assert len(csv_blocks) == 2 and "meets_goal" in csv_blocks[1]
+    assert "\n\n" not in render(records, "csv").strip()  # one table: the variants have a file of their own
+    from kdbench.report import write_data_files
+
+    files = {p.name: p for p in write_data_files(records, _mkdir(tmp_path / "data"))}
+    assert "meets_goal" in pd.read_csv(files["variants.csv"]).columns
     plots = [p.name for p in write_plots(records, tmp_path / "out")]
     assert "prediction_variants_digits_balanced_t_s.png" in plots
+
+
+def test_stale_records_enter_the_tables_only_with_all(results: Path) -> None:
+    default = load_records(results)
+    assert "r10" not in set(default.frame["run_id"]) and ("fixture", "r10", "kd") in default.stale
+    everything = load_records(results, include_stale=True)
+    assert "r10" in set(everything.frame["run_id"]) and ("fixture", "r10", "kd") in everything.stale

@@ -250,6 +250,13 @@ class GenDD(Method):
                                            + list(self.warm_projector.parameters()), "name": "warm_start"}],
         )]
 
+    def describe_predictor(self, final: bool) -> str:
+        """``ddpm 100 steps, 5 samples, cfg 2`` (final) or ``..., 1 sample, ...`` (per-epoch validation)."""
+        sampling = self.sampling
+        samples = sampling.samples if final else self.hp["val_samples"]
+        steps = "1 step" if sampling.kind == "x0" else f"{sampling.steps} steps"
+        return f"{sampling.kind} {steps}, {samples} sample{'s' * (samples != 1)}, cfg {sampling.cfg:g}"
+
     def _warm_logits(self, s: Outputs) -> torch.Tensor:
         return F.linear(self.warm_projector(s.feature), self.teacher_weight, self.teacher_bias)
 

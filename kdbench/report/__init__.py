@@ -15,8 +15,10 @@ fatal. ``--out`` also writes report.{md,html,csv,tex,txt} and the plots. This mo
 from __future__ import annotations
 
 import argparse
+import base64
 import html
 import io
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,6 +36,8 @@ from kdbench.variants import GOAL_DROP, GOAL_RATIO, OWN, REFERENCE, variant_rows
 CELL = ["dataset", "regime", "teacher", "student"]
 ACCURACY = [("top1_last", "top1 last"), ("top1_best", "top1 best*"), ("top1_val", "top1 val-sel."),
             ("top5_last", "top5 last")]
+EPOCH_ACCURACY = [("epoch_top1_last", "last [per-epoch]"), ("epoch_top1_best", "best* [per-epoch]"),
+                  ("epoch_top1_val", "val-sel. [per-epoch]")]  # shown where some method's final predictor differs
 EXTRA_ACCURACY = [("top1_many", "many"), ("top1_medium", "medium"), ("top1_few", "few"),
                   ("top1_probe_last", "probe top1"), ("val_top1_last", "val top1 (held-out)")]
 STYLES = {"text": "simple", "markdown": "github", "latex": "latex_booktabs", "html": "html"}
@@ -67,10 +71,37 @@ def _flatten(record: dict[str, Any], path: Path) -> dict[str, Any]:
     }
     row.update({f"param_{k}": v for k, v in (spec.get("method_params") or {}).items()
                 if isinstance(v, int | float | str | bool)})
-    row.update({k: v for k, v in (record.get("metrics") or {}).items() if isinstance(v, int | float)})
+    metrics = {k: v for k, v in (record.get("metrics") or {}).items() if isinstance(v, int | float)}
+    row.update(metrics)
+    row.update(_predictor_columns(metrics, record.get("predictors") or {}))
     row["val_size"] = (record.get("data") or {}).get("val_size")
+    row["wall_seconds"] = record.get("wall_seconds")
     row.update({k: v for k, v in (record.get("cost") or {}).items() if isinstance(v, int | float)})
+    row.update({f"recipe_{k}": v for k, v in (spec.get("recipe") or {}).items()
+                if isinstance(v, int | float | str | bool)})
+    env = record.get("env") or {}
+    row.update({f"env_{k}": v for k, v in env.items() if isinstance(v, int | float | str | bool)})
     return row
+
+
+def _predictor_columns(metrics: dict[str, Any], predictors: dict[str, Any]) -> dict[str, Any]:
+    """One predictor per column. ``top1_last/best/val`` are the method's own (final) predictor; ``epoch_top1_*``
+    the per-epoch one. For a method whose final predictor differs (GenDD's N-sample sampler: its runner
+    re-evaluates the last and the per-epoch-best epoch with it, keeping the per-epoch values as ``*_per_epoch``),
+    its final ``best`` is the better of those two evaluations (so best >= last), and it has no final val-selected
+    value (that epoch was never evaluated with the final predictor)."""
+    differs = "top1_last_per_epoch" in metrics
+    out: dict[str, Any] = {"predictor_final": predictors.get("final"), "predictor_epoch": predictors.get("per_epoch"),
+                           "final_predictor_differs": differs}
+    if not differs:
+        for key in ("top1_last", "top1_best", "top1_val"):
+            out[f"epoch_{key}"] = metrics.get(key)
+        return out
+    out.update(epoch_top1_last=metrics.get("top1_last_per_epoch"), epoch_top1_best=metrics.get("top1_best_per_epoch"),
+               epoch_top1_val=metrics.get("top1_val"))
+    finals = [v for v in (metrics.get("top1_last"), metrics.get("top1_best")) if v is not None]
+    out.update(top1_best=max(finals) if finals else None, top1_val=None, top5_val=None)
+    return out
 
 
 def _provenance(provenance: Any) -> dict[str, Any]:
@@ -91,12 +122,13 @@ def recipe_note(runs: pd.DataFrame) -> str:
     return f"deviates: {'; '.join(deviations)}" if deviations else "authors"
 
 
-def load_records(root: Path) -> Records:
+def load_records(root: Path, include_stale: bool = False) -> Records:
     """Read every record below ``root``; list unreadable ones and runs a suite expects but has no record of.
 
     A suite folder's ``suite.json`` names the runs of the plan that last ran there. A record in that folder that
     the plan does not name (left over from an earlier version of the suite, e.g. before a method's parameters
-    changed) is listed as stale and left out of the tables, so a cell never mixes two versions of a method."""
+    changed) is listed as stale and left out of the tables, so a cell never mixes two versions of a method;
+    ``include_stale`` (``--all``) puts them in the tables too (still listed)."""
     root = Path(root)
     plans: dict[Path, set[str]] = {}
     missing, problems = [], []
@@ -120,7 +152,8 @@ def load_records(root: Path) -> Records:
         if folder in plans and scanned.path.parent.name not in plans[folder]:
             spec = scanned.record.get("spec") or {}
             stale.append((folder.name, scanned.path.parent.name, str(spec.get("label", spec.get("method")))))
-            continue
+            if not include_stale:
+                continue
         rows.append(_flatten(scanned.record, scanned.path))
     return Records(pd.DataFrame(rows), problems, missing, stale)
 
@@ -147,6 +180,8 @@ class MethodStats:
     published: pd.Series | None
     not_done: dict[str, int]
     recipe: str = ""  # "authors", "deviates: <keys>" or "" (no reference recipe): see :func:`recipe_note`
+    predictor: str = ""  # what its final predictor computes (from the records), e.g. "ddpm 100 steps, 5 samples"
+    epoch_predictor: str = ""  # the per-epoch one, when it differs
 
 
 def _by_seed(frame: pd.DataFrame, column: str = "top1_last") -> dict[int, float]:
@@ -171,7 +206,8 @@ def cell_methods(cell: pd.DataFrame, published: pd.DataFrame | None = None) -> l
         runs = cell[cell["label"] == label]
         done = runs[runs["state"] == "done"]
         method = str(runs["method"].iloc[0])
-        accuracy = {c: summarize(done[c].tolist()) if c in done else None for c, _ in ACCURACY + EXTRA_ACCURACY}
+        accuracy = {c: summarize(done[c].tolist()) if c in done else None
+                    for c, _ in ACCURACY + EPOCH_ACCURACY + EXTRA_ACCURACY}
         mine = _by_seed(done)
         deltas = {base: (paired_delta(mine, seeds) if seeds and label != base else None)
                   for base, seeds in baseline_seeds.items()}
@@ -179,9 +215,16 @@ def cell_methods(cell: pd.DataFrame, published: pd.DataFrame | None = None) -> l
         ref = None if published is None else lookup(published, first["dataset"], first["regime"], first["teacher"],
                                                      first["student"], method, epochs)
         not_done = runs[runs["state"] != "done"]["state"].value_counts().to_dict()
+        differs = bool(done.get("final_predictor_differs", pd.Series(dtype=bool)).fillna(False).astype(bool).any())
         out.append(MethodStats(label, method, len(runs), done, accuracy, deltas, ref, not_done,
-                               recipe_note(runs)))
+                               recipe_note(runs), _first(done, "predictor_final"),
+                               _first(done, "predictor_epoch") if differs else ""))
     return out
+
+
+def _first(frame: pd.DataFrame, column: str) -> str:
+    values = frame[column].dropna() if column in frame else pd.Series(dtype=str)
+    return str(values.iloc[0]) if not values.empty else ""
 
 
 def cell_stats(frame: pd.DataFrame, published: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -235,12 +278,14 @@ def fmt_ci(summary: Summary | None) -> str:
 
 
 def fmt_delta(delta: PairedDelta | None) -> str:
-    """``+0.89 ±5.21 (3)~``: paired mean difference, CI half width, n seeds, ``~`` when the CI contains 0."""
+    """``+0.89 ±5.21 (3)~``: paired mean difference, CI half width, n seeds, ``~`` when the CI contains 0;
+    ``-24.89 (n=1)`` with one seed: no CI, so no claim either way."""
     if delta is None:
         return ""
     s = delta.summary
-    half = "" if s.ci95 is None else f" ±{s.ci95:.2f}"
-    return f"{s.mean:+.2f}{half} ({s.n}){'~' if delta.inside_noise else ''}"
+    if s.ci95 is None:
+        return f"{s.mean:+.2f} (n={s.n})"
+    return f"{s.mean:+.2f} ±{s.ci95:.2f} ({s.n}){'~' if delta.inside_noise else ''}"
 
 
 def _num(value: float | None, digits: int = 3) -> str:
@@ -328,7 +373,8 @@ def _variants_table(variants: pd.DataFrame) -> Table:
 
 
 def _accuracy_table(stats: list[MethodStats]) -> Table:
-    shown = [(c, h) for c, h in ACCURACY + EXTRA_ACCURACY if any(ms.accuracy.get(c) for ms in stats)]
+    epoch_columns = EPOCH_ACCURACY if any(ms.epoch_predictor for ms in stats) else []
+    shown = [(c, h) for c, h in ACCURACY + epoch_columns + EXTRA_ACCURACY if any(ms.accuracy.get(c) for ms in stats)]
     has_ref = any(ms.published is not None for ms in stats)
     has_recipe = any(ms.recipe for ms in stats)
     headers = ["method", "n", *[h for _, h in shown[:1]], "95% CI", *[h for _, h in shown[1:]],
@@ -349,7 +395,20 @@ def _accuracy_table(stats: list[MethodStats]) -> Table:
             row.append(ms.recipe)
         row.append(", ".join(f"{n} {s}" for s, n in ms.not_done.items()))
         rows.append(row)
-    return Table("accuracy", headers, rows)
+    return Table(_accuracy_caption(stats, bool(epoch_columns)), headers, rows)
+
+
+def _accuracy_caption(stats: list[MethodStats], epoch_columns: bool) -> str:
+    """The accuracy table's title, naming each predictor: every column is one predictor."""
+    own = sorted({ms.predictor for ms in stats if ms.predictor and not ms.epoch_predictor})
+    special = [f"{ms.label}: {ms.predictor}" for ms in stats if ms.epoch_predictor]
+    parts = [f"{'; '.join(special)}; others: {', '.join(own) or 'student logits'}" if special else
+             (", ".join(own) if own else "")]
+    caption = "accuracy, each method's own predictor" + (f" ({parts[0]})" if parts[0] else "")
+    if epoch_columns:
+        epoch = "; ".join(f"{ms.label}: {ms.epoch_predictor}" for ms in stats if ms.epoch_predictor)
+        caption += f"; [per-epoch] = the predictor evaluated every epoch ({epoch}; others: their own)"
+    return caption
 
 
 def _stability_table(stats: list[MethodStats]) -> Table:
@@ -412,7 +471,10 @@ def _cost_table(stats: list[MethodStats]) -> Table:
 LEGEND = ("mean ± sd over seeds (n = finished runs); 95% CI = Student-t interval of the mean. *best = best epoch "
           "on the test split (test-selected, optimistic); last = final epoch; val-sel. = epoch chosen on a held-out "
           "split. Δ vs kd / vanilla: mean paired difference of top1 last over matching seeds ± its 95% CI half "
-          "width (number of pairs); ~ = the CI contains 0 (inside the noise). many/medium/few: mean per-class "
+          "width (number of pairs); ~ = the CI contains 0 (inside the noise); (n=1) = one seed: no CI, nothing "
+          "resolved. [per-epoch] columns: the predictor evaluated every epoch, where a method's final one differs "
+          "(GenDD's N-sample sampler); a final best* is the better of the final evaluations (last and the "
+          "per-epoch-best epoch). many/medium/few: mean per-class "
           "top-1 at the last epoch. probe: the student's own fc on its detached feature (GenDD). val top1 (held-out): "
           "top-1 on the split held out of training, at the last epoch: the figure to choose settings by (never "
           "test). published: the "
@@ -437,34 +499,88 @@ def problem_lines(records: Records) -> list[str]:
     lines += [f"missing    {rid}  (suite {suite}: no result.json yet)" for suite, rid in records.missing]
     lines += [f"unreadable {path}: {why}" for path, why in records.problems]
     lines += [f"stale      {rid}  {label} (suite {suite}: not in the plan that last ran there; left out of the "
-              "tables, delete its folder or run the suite that made it)" for suite, rid, label in records.stale]
+              "tables unless --all; delete its folder or run the suite that made it)"
+              for suite, rid, label in records.stale]
     return lines
 
 
+TEXT_WIDTH = 120  # the terminal report's widest line
+
+
+def split_columns(table: Table, width: int = TEXT_WIDTH, style: str = "simple") -> list[Table]:
+    """A table too wide for ``width`` columns as several tables over consecutive column groups, each repeating
+    the first (method) column; titles say which part they are."""
+    def rendered_width(headers: list[str], rows: list[list[str]]) -> int:
+        text = tabulate(rows, headers=headers, tablefmt=style, disable_numparse=True)
+        return max((len(line) for line in text.splitlines()), default=0)
+
+    if len(table.headers) <= 2 or rendered_width(table.headers, table.rows) <= width:
+        return [table]
+    groups: list[list[int]] = [[]]
+    for index in range(1, len(table.headers)):
+        trial = [0, *groups[-1], index]
+        if groups[-1] and rendered_width([table.headers[i] for i in trial],
+                                         [[row[i] for i in trial] for row in table.rows]) > width:
+            groups.append([])
+        groups[-1].append(index)
+    return [Table(f"{table.title} ({k + 1}/{len(groups)})", [table.headers[0], *[table.headers[i] for i in group]],
+                  [[row[0], *[row[i] for i in group]] for row in table.rows]) for k, group in enumerate(groups)]
+
+
+def summary_tables(records: Records) -> tuple[list[str], list[tuple[str, Table, str]]]:
+    """The first screen: what ran (lines), then per (dataset, regime) its leaderboard and resolution line."""
+    from kdbench.report.summary import leaderboard_rows, leaderboards, resolution_line, what_ran
+
+    ran = what_ran(records.frame, len(records.missing), len(records.stale))
+    boards = []
+    for board in leaderboards(records.frame):
+        headers, rows = leaderboard_rows(board)
+        boards.append((f"{board.dataset} · {board.regime}: {board.cells} cell(s)",
+                       Table("leaderboard (mean rank over cells, 1 = best top1 last; W/T/L paired by seed)",
+                             headers, rows), resolution_line(board)))
+    return ran, boards
+
+
 def render(records: Records, fmt: str = "text", published: pd.DataFrame | None = None,
-           figures: Sequence[str] = ()) -> str:
-    """The report as text, markdown, LaTeX or HTML; ``csv`` gives the per-cell statistics."""
+           figures: Sequence[str] = (), figure_root: Path | None = None) -> str:
+    """The report as text, markdown, LaTeX (a complete document) or HTML, summary first; ``csv`` is the
+    per-cell statistics table (one table; :func:`write_outputs` writes the others to files of their own)."""
     published = load_published() if published is None else published
     if fmt == "csv":
         buffer = io.StringIO()
         cell_stats(records.frame, published).to_csv(buffer, index=False)
-        variants = variant_summary(variant_rows(records.frame))
-        if not variants.empty:  # a second block: the prediction variants, one row per (cell, method, variant)
-            buffer.write("\n")
-            variants.to_csv(buffer, index=False)
         return buffer.getvalue()
-    style = STYLES[fmt]
-    parts = []
     cells = cell_tables(records, published)
+    ran, boards = summary_tables(records)
+    problems = problem_lines(records)
+    if fmt == "latex":
+        from kdbench.report.latex import latex_document
+
+        sections = [(f"Summary: {title}", [table]) for title, table, _ in boards] + cells
+        summary = ran + [line for _, _, line in boards]
+        return latex_document("kdbench report", summary, sections, LEGEND, problems)
+    style = STYLES[fmt]
+
+    def table_text(table: Table) -> str:
+        if fmt == "html":  # the title as the table's caption, the table in a scrolling box (never the page)
+            body = tabulate(table.rows, headers=table.headers, tablefmt="html", disable_numparse=True)
+            body = body.replace("<table>", f"<table><caption>{html.escape(table.title)}</caption>", 1)
+            return f"<div class='scroll'>{body}</div>"
+        parts = []
+        for piece in (split_columns(table, TEXT_WIDTH, style) if fmt == "text" else [table]):
+            body = tabulate(piece.rows, headers=piece.headers, tablefmt=style, disable_numparse=True)
+            parts.append(f"{_heading(piece.title, fmt, 3)}\n{body}")
+        return "\n\n".join(parts)
+
+    parts = [_heading("Summary", fmt, 2), _paragraph("\n".join(_wrap(line, fmt) for line in ran), fmt)]
+    for title, table, resolution in boards:
+        parts += [_heading(title, fmt, 3), table_text(table), _paragraph(_wrap(resolution, fmt), fmt)]
     if not cells:
         parts.append("no finished student runs found")
     for title, tables in cells:
         parts.append(_heading(title, fmt, 2))
-        for table in tables:
-            body = tabulate(table.rows, headers=table.headers, tablefmt=style, disable_numparse=True)
-            parts.append(f"{_heading(table.title, fmt, 3)}\n{body}")
-    parts.append(_paragraph(LEGEND, fmt))
-    problems = problem_lines(records)
+        parts += [table_text(table) for table in tables]
+    parts.append(_paragraph(_wrap(LEGEND, fmt), fmt))
     if problems:
         parts.append(_heading(f"Runs not in the tables ({len(problems)})", fmt, 2))
         if fmt == "html":
@@ -473,39 +589,62 @@ def render(records: Records, fmt: str = "text", published: pd.DataFrame | None =
             parts.append("\n".join(f"- {p}" if fmt == "markdown" else p for p in problems))
     if figures:
         parts.append(_heading("Figures", fmt, 2))
-        parts += [_figure(name, fmt) for name in figures]
+        parts += [_figure(name, fmt, figure_root) for name in figures]
     text = "\n\n".join(parts) + "\n"
     return _html_page(text) if fmt == "html" else text
+
+
+def _wrap(text: str, fmt: str) -> str:
+    """Text wrapped at the terminal width (other formats wrap themselves)."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, TEXT_WIDTH, subsequent_indent="  ")) if fmt == "text" else text
 
 
 def _heading(text: str, fmt: str, level: int) -> str:
     if fmt == "markdown":
         return f"{'#' * (level + 1)} {text}"
     if fmt == "html":
-        return f"<h{level}>{html.escape(text)}</h{level}>"
+        anchor = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "section"
+        return f"<h{level} id='{anchor}'>{html.escape(text)}</h{level}>"
     if fmt == "latex":
         return f"% {text}"
-    return text if level == 2 else f"[{text}]"
+    return _wrap(text if level == 2 else f"[{text}]", "text")
 
 
 def _paragraph(text: str, fmt: str) -> str:
-    return f"<p class='legend'>{html.escape(text)}</p>" if fmt == "html" else text
-
-
-def _figure(name: str, fmt: str) -> str:
     if fmt == "html":
-        return f"<figure><img src='{html.escape(name)}' alt='{html.escape(name)}'></figure>"
+        return "".join(f"<p class='legend'>{html.escape(line)}</p>" for line in text.splitlines())
+    return text.replace("\n", "  \n") if fmt == "markdown" else text
+
+
+def _figure(name: str, fmt: str, root: Path | None = None) -> str:
+    if fmt == "html":  # embedded as a data URI: the page is one self-contained file
+        path = (root / name) if root is not None else Path(name)
+        src = name
+        if path.is_file():
+            src = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+        caption = html.escape(Path(name).stem.replace("_", " "))
+        return f"<figure><img src='{src}' alt='{caption}'><figcaption>{caption}</figcaption></figure>"
     if fmt == "markdown":
         return f"![{name}]({name})"
     return name
 
 
 def _html_page(body: str) -> str:
-    style = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;"
-             "margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-             "td:first-child,th:first-child{text-align:left}.legend{color:#444;font-size:90%}img{max-width:720px}")
+    """One self-contained page: a table of contents of the level-2 headings, then the body."""
+    style = ("body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1360px;padding:0 1em}"
+             ".scroll{overflow-x:auto;max-width:100%;margin:.5em 0 1.5em}table{border-collapse:collapse}"
+             "caption{caption-side:bottom;text-align:left;color:#444;font-size:85%;padding-top:4px}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right;white-space:nowrap;"
+             "font-variant-numeric:tabular-nums}td:first-child,th:first-child{text-align:left}"
+             "th{position:sticky;top:0;background:#f4f4f4}.legend{color:#444;font-size:90%}"
+             "img{max-width:100%;height:auto}figure{margin:1em 0}figcaption{color:#444;font-size:85%}"
+             "nav li{margin:2px 0}")
+    toc = "".join(f"<li><a href='#{anchor}'>{title}</a></li>"
+                  for anchor, title in re.findall(r"<h2 id='([^']*)'>(.*?)</h2>", body))
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>kdbench report</title><style>{style}</style>"
-            f"</head><body><h1>kdbench report</h1>\n{body}</body></html>\n")
+            f"</head><body><h1>kdbench report</h1>\n<nav><ul>{toc}</ul></nav>\n{body}</body></html>\n")
 
 
 def write_outputs(records: Records, out: Path) -> list[Path]:
@@ -520,8 +659,36 @@ def write_outputs(records: Records, out: Path) -> list[Path]:
     for fmt, ext in (("text", "txt"), ("markdown", "md"), ("html", "html"), ("latex", "tex"), ("csv", "csv")):
         path = out / f"report.{ext}"
         store.atomic_write_bytes(path, render(records, fmt, published, names if fmt in ("markdown", "html")
-                                              else ()).encode())
+                                              else (), figure_root=out).encode())
         written.append(path)
+    written += write_data_files(records, out, published)
+    return written
+
+
+def write_data_files(records: Records, out: Path, published: pd.DataFrame | None = None) -> list[Path]:
+    """runs.csv and runs.parquet (one row per run), cells.csv, leaderboard.csv and variants.csv: one table each."""
+    from kdbench.report.summary import leaderboards
+    from kdbench.report.tidy import runs_table, write_csv, write_parquet
+
+    published = load_published() if published is None else published
+    written = []
+    if not records.frame.empty:
+        runs = runs_table(records.frame)
+        written += [write_csv(out / "runs.csv", runs), write_parquet(out / "runs.parquet", runs)]
+    written.append(write_csv(out / "cells.csv", cell_stats(records.frame, published)))
+    boards = []
+    for board in leaderboards(records.frame):
+        for standing in board.standings:
+            boards.append({"dataset": board.dataset, "regime": board.regime, "method": standing.label,
+                           "cells": standing.cells, "mean_rank": standing.mean_rank, "wins_vs_kd": standing.wins,
+                           "ties_vs_kd": standing.ties, "losses_vs_kd": standing.losses,
+                           "unresolved_vs_kd": standing.unresolved, "p_better_than_kd": standing.poi,
+                           "p_better_than_kd_low": standing.poi_low, "p_better_than_kd_high": standing.poi_high,
+                           "seeds": board.seeds, "mde_vs_kd": board.mde})
+    written.append(write_csv(out / "leaderboard.csv", pd.DataFrame(boards)))
+    variants = variant_summary(variant_rows(records.frame))
+    if not variants.empty:
+        written.append(write_csv(out / "variants.csv", variants))
     return written
 
 
@@ -530,12 +697,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kdbench.report", description=__doc__.splitlines()[0])
     parser.add_argument("root", type=Path, help="a results folder (all records below it are read)")
     parser.add_argument("--format", choices=["text", "markdown", "csv", "latex", "html"], default="text")
-    parser.add_argument("--out", type=Path, help="also write report.{txt,md,html,tex,csv} and the plots here")
+    parser.add_argument("--out", type=Path, help="also write report.{txt,md,html,tex,csv}, runs.{csv,parquet}, "
+                        "cells/leaderboard/variants.csv and the plots (PNG + SVG) here")
+    parser.add_argument("--all", action="store_true", help="include stale records (runs the results folder's "
+                        "suite no longer names) in the tables; by default they are only listed")
     args = parser.parse_args(argv)
     if not args.root.exists():
         print(f"error: results folder '{args.root}' does not exist", file=sys.stderr)
         return 2
-    records = load_records(args.root)
+    records = load_records(args.root, include_stale=args.all)
     sys.stdout.write(render(records, args.format))
     if args.out:
         written = write_outputs(records, args.out)
