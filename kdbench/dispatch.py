@@ -38,7 +38,7 @@ class RunTask(submitit.helpers.Checkpointable):
     def __call__(self) -> dict[str, Any]:
         import torch
 
-        from kdbench.engine import distributed
+        from kdbench import distributed
         from kdbench.runner import execute
 
         torch.set_num_threads(self.threads)

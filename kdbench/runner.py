@@ -14,14 +14,13 @@ from typing import Any
 
 import torch
 
-from kdbench import store
+from kdbench import distributed, store
 from kdbench.data import TensorData, dataset_registry, eval_batches, regime_registry
 from kdbench.data.regimes import RegimeData, hold_out
 from kdbench.engine import (
     FitOutcome,
     Precision,
     TrainState,
-    distributed,
     evaluate,
     fit,
     phases_of,

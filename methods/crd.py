@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdbench.engine import distributed
+from kdbench import distributed
 from kdbench.method import Batch, Method, Needs, ce_term, register_method
 from kdbench.models import Network, Outputs
 from methods.feature_utils import NormalizedEmbed

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kdbench.engine import distributed
+from kdbench import distributed
 from kdbench.method import Batch, Method, Needs, register_method
 from kdbench.models import Network, Outputs
 from methods.logit_utils import linear_warmup

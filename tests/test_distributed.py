@@ -8,9 +8,8 @@ from pathlib import Path
 import torch
 from conftest import tiny_suite
 
-from kdbench import store
+from kdbench import distributed, store
 from kdbench.dispatch import dispatch
-from kdbench.engine import distributed
 from kdbench.suite import expand, validate
 
 

@@ -33,7 +33,7 @@ def train_batches(data: TensorData | Any, indices: np.ndarray, batch_size: int, 
     (:class:`~kdbench.data.negatives.NegativeSampler`; other classes when labelled), from a generator of their
     own, so the images and their augmentation are the same as without.
     """
-    from kdbench.engine.distributed import min_batch, shard
+    from kdbench.distributed import min_batch, shard
 
     index = torch.as_tensor(indices, dtype=torch.long)
     generator = epoch_generator(seed, epoch)
@@ -69,7 +69,7 @@ def eval_batches(data: TensorData | Any, batch_size: int,
                  device: torch.device | str = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The whole split in order, as ``(x, y)`` model-input batches (this rank's slice of each under
     data-parallel evaluation; the counts are summed across ranks by the caller)."""
-    from kdbench.engine.distributed import shard
+    from kdbench.distributed import shard
 
     chunks = [shard(torch.arange(start, min(start + batch_size, len(data))))
               for start in range(0, len(data), batch_size)]

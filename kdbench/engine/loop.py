@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
+from kdbench import distributed
 from kdbench.data import RegimeData, TensorData, eval_batches, train_batches
-from kdbench.engine import distributed
 from kdbench.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from kdbench.engine.recipe import build_optimizer, build_scheduler, steps_per_epoch
 from kdbench.method import LossFn, Method

@@ -60,7 +60,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, recipe: dict[str, Any],
 def steps_per_epoch(num_items: int, batch_size: int) -> int:
     """Batches per epoch as :func:`kdbench.data.train_batches` yields them (a last batch too small to give every
     rank two images is dropped, a lone image kept only when it is the whole set)."""
-    from kdbench.engine.distributed import min_batch
+    from kdbench.distributed import min_batch
 
     full, rest = divmod(num_items, batch_size)
     return full + (1 if rest >= min_batch() or (rest == 1 and num_items == 1) else 0)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdbench.engine import distributed
+from kdbench import distributed
 from kdbench.method import Batch, Method, Needs, Stage, register_method
 from kdbench.models import Network, Outputs
 from methods.gendd.diffusion import GaussianDiffusion, Schedule, _take
