@@ -217,8 +217,9 @@ def cell_methods(cell: pd.DataFrame, published: pd.DataFrame | None = None) -> l
         not_done = runs[runs["state"] != "done"]["state"].value_counts().to_dict()
         differs = bool(done.get("final_predictor_differs", pd.Series(dtype=bool)).fillna(False).astype(bool).any())
         out.append(MethodStats(label, method, len(runs), done, accuracy, deltas, ref, not_done,
-                               recipe_note(runs), _first(done, "predictor_final"),
-                               _first(done, "predictor_epoch") if differs else ""))
+                               recipe_note(runs), _first(done, "predictor_final") or
+                               ("final predictor" if differs else ""),
+                               (_first(done, "predictor_epoch") or "per-epoch predictor") if differs else ""))
     return out
 
 
