@@ -56,8 +56,9 @@ class Leaderboard:
 
 
 def _seed_values(frame: pd.DataFrame) -> dict[int, float]:
-    done = frame[(frame["state"] == "done") & frame[METRIC].notna()] if METRIC in frame else frame.iloc[0:0]
-    return {int(s): float(v) for s, v in zip(done["seed"], done[METRIC], strict=True)}
+    from kdbench.report import _by_seed  # the tables' pairing by seed, on the finished runs
+
+    return _by_seed(frame[frame["state"] == "done"], METRIC)
 
 
 def probability_of_improvement(x: np.ndarray, y: np.ndarray) -> float:
