@@ -40,7 +40,8 @@ def test_run_report_status_and_skip(suite_file: Path, tmp_path: Path) -> None:
     assert len([p for p in plots if p.startswith("accuracy_vs_latency")]) == 2  # balanced and unlabeled cells
     assert len([p for p in plots if p.startswith("learning_curves")]) == 2
     page = (tmp_path / "out" / "report.html").read_text()
-    assert "<img src='plots/" in page and "Δ vs kd" in page
+    assert "<img src='data:image/png;base64," in page and "Δ vs kd" in page  # self-contained page
+    assert "<img src='plots/" not in page
     markdown = run_cli("kdbench", "report", str(results), "--format", "markdown")
     assert "| method" in markdown.stdout
 
