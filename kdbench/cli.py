@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,7 +16,7 @@ from kdbench.suite import SuiteError
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from kdbench.dispatch import dispatch
+    from kdbench.dispatch import RunInterrupted, dispatch, interrupt_on_signals
     from kdbench.suite import expand, load_suite
 
     if args.json and not args.dry_run:
@@ -29,6 +31,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         overrides.append("executor.wait=false")
     if args.data_root:
         overrides.append(f"dataset.root={args.data_root}")
+    results = Path(args.results)
+    if results.exists() and not results.is_dir():
+        print(f"error: --results '{results}' is a file, not a folder (nothing was started)", file=sys.stderr)
+        return 2
     suite = load_suite(args.suite, overrides, check_files=not args.dry_run)
     plan = expand(suite)
     if args.dry_run:
@@ -43,7 +49,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
           f"executor {suite.executor.name} -> {Path(args.results) / suite.name}", flush=True)
     for note in plan.refused:
         print(f"  {note}", flush=True)
-    summary = dispatch(plan, Path(args.results), suite.executor, progress=not args.quiet)
+    try:
+        with interrupt_on_signals():
+            summary = dispatch(plan, Path(args.results), suite.executor, progress=not args.quiet)
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM/SIGHUP as RunInterrupted
+        signum = err.signum if isinstance(err, RunInterrupted) else signal.SIGINT
+        again = shlex.join(["python", "-m", "kdbench", "run", args.suite, *args.overrides, "--results",
+                            str(results)])
+        where = ("the submitted SLURM jobs keep running" if suite.executor.name == "slurm"
+                 else "the local workers were stopped; finished runs and epoch checkpoints are kept")
+        print(f"interrupted by {signal.Signals(signum).name}: {where}; resume with: {again}", file=sys.stderr,
+              flush=True)
+        return 128 + int(signum)
     counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.counts().items())) or "nothing to run"
     submitted = ""
     if suite.executor.name == "slurm":
@@ -62,7 +79,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from kdbench import slurm
 
     root = Path(args.dir)
-    folders = _suite_dirs(root)
+    folders = _suite_dirs(root) if root.is_dir() else []
     if not folders:
         print(f"error: no suite folder (with {store.SUITE}) in '{root}'", file=sys.stderr)
         return 2
@@ -254,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     try:
         return int(args.func(args) or 0)
-    except SuiteError as err:
+    except (SuiteError, store.StoreReadError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except RuntimeError as err:

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,7 @@ import submitit
 from tqdm import tqdm
 
 from kdbench import slurm, store
-from kdbench.suite import ExecutorSettings, Plan
+from kdbench.suite import ExecutorSettings, Plan, spec_id
 
 
 class RunTask(submitit.helpers.Checkpointable):
@@ -42,6 +45,7 @@ class RunTask(submitit.helpers.Checkpointable):
         from kdbench.runner import execute
 
         torch.set_num_threads(self.threads)
+        stop_with_parent()
         processes = getattr(self, "processes", 1)  # a task pickled by an older kdbench (queued across an upgrade)
         if int(os.environ.get("SLURM_NTASKS", "1")) > 1:  # submitit started one task per GPU
             submitit.helpers.TorchDistributedEnvironment().export()
@@ -52,12 +56,26 @@ class RunTask(submitit.helpers.Checkpointable):
                 distributed.shutdown()
         elif processes > 1:
             distributed.launch_local(_execute_rank, (self.run_dir, self.threads), processes)
-            record = store.load_result(Path(self.run_dir)) or {"run_id": Path(self.run_dir).name, "state": "failed"}
+            record = store.result_or_empty(Path(self.run_dir)) or {"run_id": Path(self.run_dir).name, "state": "failed"}
         else:
             record = execute(Path(self.run_dir))
         if record["state"] == "failed" and getattr(self, "fail_job", False):
             raise RunFailedError(f"run {record['run_id']} failed: {record.get('error', '')}")
         return {"run_id": record["run_id"], "state": record["state"]}
+
+
+def stop_with_parent() -> None:
+    """In a job's worker: Ctrl-C (SIGINT) stops it even where the shell started kdbench with SIGINT ignored
+    (``cmd &``, nohup), and on Linux the worker gets SIGINT when the process that started it dies, so no
+    worker trains on as an orphan. Either way it stops between two writes; its last epoch checkpoint stays."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, int(signal.SIGINT), 0, 0, 0)
 
 
 def _execute_rank(run_dir: str, threads: int) -> None:
@@ -97,9 +115,41 @@ def prepare(plan: Plan, results_root: Path) -> Path:
         "refused": plan.refused, "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     specs = {**plan.teachers, **plan.runs}
     for run_id, path in run_dirs(root, plan).items():
+        for line in check_run_files(path, specs[run_id]):
+            say(f"{path}: {line}")
         if not (path / store.SPEC).exists():
             store.atomic_write_json(path / store.SPEC, specs[run_id])
     return root
+
+
+def check_run_files(run_dir: Path, spec: dict[str, Any]) -> list[str]:
+    """Set aside (never delete) what in a run folder cannot be trusted, and say so, one line each: a
+    ``spec.json`` that is unreadable or no longer hashes to the folder's run id (it is written anew), and a
+    ``result.json`` that is unreadable, invalid, or records another spec (the run is then redone)."""
+    lines = []
+    spec_path = run_dir / store.SPEC
+    if spec_path.exists():
+        try:
+            problem = None if spec_id(store.read_json(spec_path)) == run_dir.name else \
+                f"its content no longer hashes to run id {run_dir.name}"
+        except store.StoreReadError as err:
+            problem = err.problem
+        if problem:
+            moved = store.move_aside(spec_path)
+            lines.append(f"{store.SPEC} {problem}: moved aside to {moved.name} and written anew")
+    line = store.set_aside_invalid_result(run_dir)
+    if line:
+        lines.append(f"{store.RESULT} {line}")
+    elif (record := store.load_result(run_dir)) is not None and spec_id(record["spec"]) != run_dir.name:
+        moved = store.move_aside(run_dir / store.RESULT)
+        lines.append(f"{store.RESULT} records a spec that does not hash to run id {run_dir.name}: moved aside to "
+                     f"{moved.name}; the run is redone")
+    return lines
+
+
+def say(message: str) -> None:
+    """One line to the user, above any progress bar."""
+    tqdm.write(message)
 
 
 @dataclass
@@ -132,7 +182,10 @@ def make_executor(settings: ExecutorSettings, folder: Path) -> submitit.AutoExec
 def _failed_record(run_dir: Path, reason: str, log_tail: str = "", job: dict[str, Any] | None = None) -> None:
     from kdbench.envinfo import environment
 
-    spec = store.read_json(run_dir / store.SPEC)
+    try:
+        spec = store.read_json(run_dir / store.SPEC)
+    except store.StoreReadError as err:
+        spec, reason = {}, f"{reason} ({err})"
     store.atomic_write_json(run_dir / store.RESULT, {
         "schema": store.SCHEMA, "run_id": run_dir.name, "spec": spec, "state": "failed", "error": reason,
         "log_tail": log_tail[-4000:], "job": job or {}, "metrics": {}, "cost": {}, "env": environment("cpu"),
@@ -163,21 +216,30 @@ class _Collector:
         teacher_id = self.plan.runs.get(run_id, {}).get("teacher_id")
         if not teacher_id:
             return None
-        state = (store.load_result(self.dirs[teacher_id]) or {}).get("state")
+        try:
+            state = (store.load_result(self.dirs[teacher_id]) or {}).get("state")
+        except store.StoreReadError as err:
+            return f"teacher {teacher_id} has an invalid record ({err})"
         return None if state == "done" else f"teacher {teacher_id} ended in state '{state}'"
 
     def finish(self, run_id: str, job: submitit.Job | None, reason: str | None = None) -> None:
         run_dir = self.dirs[run_id]
-        record = store.load_result(run_dir) if (run_dir / store.RESULT).exists() else None
+        try:
+            record = store.load_result(run_dir)
+        except store.StoreReadError as err:
+            store.move_aside(run_dir / store.RESULT)
+            record, reason = None, reason or f"the job left an invalid record ({err.problem})"
         if reason or record is None:
             job_info = {}
             if job is not None:
                 job_info = {"job_id": str(job.job_id), "state": slurm.slurm_state(job)}
             tail = slurm.log_tail(job) if job else ""
-            oom = " (out of memory: the log shows the memory-limit kill)" if slurm.ran_out_of_memory(tail) else ""
-            detail = reason or self.teacher_problem(run_id) or \
-                f"job {job.job_id if job else '?'} ended without a record: {slurm.job_error(job)}{oom}"
-            _failed_record(run_dir, detail, tail, job_info)
+            ending = ""
+            detail = reason or self.teacher_problem(run_id)
+            if not detail:
+                ending, why = slurm.job_ending(job, tail)
+                detail = f"{ending}: job {job.job_id if job else '?'} ended without a record; {why}"
+            _failed_record(run_dir, detail, tail, {**job_info, **({"ending": ending} if ending else {})})
             record = store.load_result(run_dir)
         self.summary.states[run_id] = record["state"]
         self.bar.update(1)
@@ -255,8 +317,94 @@ def _dispatch_local(plan: Plan, root: Path, settings: ExecutorSettings, queue: l
             if not progressed:
                 time.sleep(0.25)
     finally:
-        for job, _ in running.values():  # interrupted (Ctrl-C): stop what we started; checkpoints stay
-            job.cancel(check=False)
+        if running:  # interrupted (Ctrl-C, SIGTERM, SIGHUP): stop what we started; checkpoints stay
+            stop_jobs({collector.dirs[run_id]: job for run_id, (job, _) in running.items()})
+
+
+def stop_jobs(jobs: dict[Path, submitit.Job], grace_s: float = 30.0) -> None:
+    """Stop local jobs (by run folder) and wait until no worker holds its run's lock any more, so none keeps
+    training: SIGINT to each job (the worker stops; its last epoch checkpoint stays); a job that does not end
+    within 5 s is killed, which its worker answers as SIGINT too (:func:`stop_with_parent`). Further signals
+    are ignored meanwhile, so a second Ctrl-C cannot cut the clean-up short."""
+    with ignored_signals():
+        for job in jobs.values():
+            process = getattr(job, "_process", None)  # submitit's local job keeps its controller process here
+            workers = _child_pids(process.pid) if process is not None else []
+            for pid in workers:  # the worker itself: its controller would print a KeyboardInterrupt traceback
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGINT)
+            if not workers:
+                job.cancel(check=False)
+        _wait(lambda: all(job.done() for job in jobs.values()), 5.0)
+        for job in jobs.values():
+            process = getattr(job, "_process", None)  # submitit's local job keeps its controller process here
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)
+        _wait(lambda: not any(store.is_locked(run_dir) for run_dir in jobs), grace_s)
+
+
+def _child_pids(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (read from /proc; empty where there is none)."""
+    children = []
+    with contextlib.suppress(OSError):
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[-1].split()
+            if len(fields) > 1 and fields[1] == str(pid):
+                children.append(int(entry))
+    return children
+
+
+def _wait(condition: Any, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """``kdbench run`` received SIGTERM or SIGHUP: handled like Ctrl-C (workers stopped, checkpoints kept)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def interrupt_on_signals() -> Iterator[None]:
+    """Within the block SIGTERM and SIGHUP raise :class:`RunInterrupted` (SIGINT raises KeyboardInterrupt as
+    always), so every ``finally`` runs; the former handlers come back after it."""
+    def handler(signum: int, frame: Any) -> None:
+        raise RunInterrupted(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    former = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, previous in former.items():
+            signal.signal(sig, previous)
+
+
+@contextlib.contextmanager
+def ignored_signals() -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP are ignored within the block (clean-up that must finish)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    former = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, previous in former.items():
+            signal.signal(sig, previous)
 
 
 def _submit_array(settings: ExecutorSettings, root: Path, kind: str, run_ids: list[str], dirs: dict[str, Path],
@@ -316,21 +464,19 @@ def _dispatch_slurm(plan: Plan, root: Path, settings: ExecutorSettings, queue: l
 
 def _watch(jobs: dict[str, submitit.Job], settings: ExecutorSettings, collector: _Collector) -> None:
     """Collect jobs as they end, polling sacct every ``poll_s``; gives up watching after ``max_wait_hours``
-    (the jobs keep running on the cluster). Ctrl-C stops watching, never the jobs."""
+    (the jobs keep running on the cluster). Ctrl-C (or SIGTERM/SIGHUP) stops watching, never the jobs: the
+    interruption goes up to the command line, which says so."""
     deadline = time.monotonic() + settings.max_wait_hours * 3600
     last_poll = float("-inf")
-    try:
-        while jobs and time.monotonic() < deadline:
-            if time.monotonic() - last_poll >= settings.poll_s:
-                next(iter(jobs.values())).done(force_check=True)  # one sacct call refreshes every job's state
-                last_poll = time.monotonic()
-            for run_id, job in list(jobs.items()):
-                if job.done():
-                    del jobs[run_id]
-                    collector.finish(run_id, job)
-            time.sleep(min(settings.poll_s, 1.0))
-    except KeyboardInterrupt:
-        collector.bar.write("interrupted: the submitted jobs keep running on the cluster")
+    while jobs and time.monotonic() < deadline:
+        if time.monotonic() - last_poll >= settings.poll_s:
+            next(iter(jobs.values())).done(force_check=True)  # one sacct call refreshes every job's state
+            last_poll = time.monotonic()
+        for run_id, job in list(jobs.items()):
+            if job.done():
+                del jobs[run_id]
+                collector.finish(run_id, job)
+        time.sleep(min(settings.poll_s, 1.0))
 
 
 def _wait_debug(job: submitit.Job) -> None:

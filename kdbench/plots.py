@@ -134,7 +134,7 @@ def gendd_sampler_curves(frame: pd.DataFrame, path: Path) -> Path | None:
     """Top-1 and ms/img vs sampling steps for the sampler sweeps recorded by GenDD runs (same trained head)."""
     rows = []
     for folder in frame[(frame["method"] == "gendd") & (frame["state"] == "done")]["path"]:
-        record = store.load_result(Path(folder)) or {}
+        record = store.result_or_empty(Path(folder))
         settings = (record.get("diagnostics") or {}).get("sweep_settings") or {}
         params = (record.get("spec") or {}).get("method_params") or {}
         for name, result in (record.get("extra_evaluations") or {}).items():

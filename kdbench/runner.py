@@ -76,7 +76,10 @@ def execute(run_dir: Path, log: Callable[[str], None] = _print) -> dict[str, Any
         spec = store.read_json(run_dir / store.SPEC)
         return {"run_id": run_dir.name, "spec": spec, **_execute(run_dir, spec, lambda message: None)}
     with store.run_lock(run_dir, timeout_s=24 * 3600):
-        existing = store.load_result(run_dir) if (run_dir / store.RESULT).exists() else None
+        set_aside = store.set_aside_invalid_result(run_dir)  # a job may meet one that `run` never saw (requeue)
+        if set_aside:
+            log(f"{run_dir / store.RESULT}: {set_aside}")
+        existing = store.load_result(run_dir)
         if existing and existing.get("state") in store.FINISHED_STATES:
             return existing
         spec = store.read_json(run_dir / store.SPEC)

@@ -131,6 +131,30 @@ def ran_out_of_memory(log: str) -> bool:
                                          "out of memory", "out_of_memory"))
 
 
+ENDINGS = {"CANCELLED": "cancelled", "TIMEOUT": "timed out", "PREEMPTED": "preempted",
+           "OUT_OF_MEMORY": "out of memory", "NODE_FAIL": "node failure", "DEADLINE": "timed out",
+           "BOOT_FAIL": "node failure", "INTERRUPTED": "interrupted"}
+"""How a job that left no record ended, in words, by the executor's state (SLURM's, or submitit-local's)."""
+
+
+def job_ending(job: submitit.Job | None, log: str = "") -> tuple[str, str]:
+    """``(ending, detail)`` of a job that left no record: ending is one of killed, cancelled, timed out,
+    preempted, out of memory, node failure, interrupted, or failed (its exception); detail explains it."""
+    if job is None:
+        return "failed", "not started"
+    if job.paths.result_pickle.exists():
+        return "failed", job_error(job)
+    if ran_out_of_memory(log):
+        return "out of memory", "the log shows the memory-limit kill"
+    state = slurm_state(job, force=True)
+    if state in ENDINGS:
+        return ENDINGS[state], f"job state {state}"
+    if "KeyboardInterrupt" in log:
+        return "interrupted", "the worker was interrupted (SIGINT) before it finished; its checkpoint is kept"
+    return "killed", (f"the worker process died without a result or a traceback (SIGKILL, or the kernel's "
+                      f"out-of-memory killer; job state {state}); its checkpoint is kept")
+
+
 def job_error(job: submitit.Job | None) -> str:
     """Why a job ended without a record: its exception (the remote traceback's last line) or its SLURM state."""
     if job is None:

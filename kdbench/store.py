@@ -11,11 +11,12 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import math
 import os
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,21 +70,109 @@ def atomic_write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_bytes(path, "".join(json.dumps(_finite(r), sort_keys=True) + "\n" for r in rows).encode())
 
 
-def read_json(path: Path) -> Any:
-    """Read a JSON file."""
-    return json.loads(Path(path).read_text())
+class StoreReadError(ValueError):
+    """A file kdbench wrote and reads back (record, spec, suite.json, job reference) is unreadable or invalid.
+    ``str()`` is one line naming the file and what is wrong with it."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path, self.problem = Path(path), problem
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"non-finite number {name}")
+
+
+def read_json(path: Path, expect: type | None = dict) -> Any:
+    """Read a JSON file kdbench wrote: any failure (missing, bytes, encoding, syntax, NaN/Infinity, a value of
+    another type than ``expect``) is one :class:`StoreReadError` naming the file."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise StoreReadError(path, f"cannot be read ({err.strerror or err})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise StoreReadError(path, f"not UTF-8 text (byte {err.start})") from None
+    try:
+        value = json.loads(text, parse_constant=_no_constant)
+    except json.JSONDecodeError as err:
+        what = "empty" if not text.strip() else f"not valid JSON ({err.msg} at line {err.lineno} column {err.colno})"
+        raise StoreReadError(path, what + (": truncated?" if text.strip() else "")) from None
+    except (ValueError, RecursionError) as err:
+        raise StoreReadError(path, f"not valid JSON ({err})") from None
+    if expect is not None and not isinstance(value, expect):
+        raise StoreReadError(path, f"holds a JSON {type(value).__name__}, expected an object")
+    return value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def record_problems(record: dict[str, Any]) -> list[str]:
+    """What is wrong with a ``result.json``'s content, one phrase each (empty: a valid record). The structure
+    (schema, run id, state, spec, metrics) and every metric value: a number, a list of numbers, or null."""
+    problems = []
+    if record.get("schema") != SCHEMA:
+        problems.append(f"schema {record.get('schema')!r}, expected {SCHEMA}")
+    if not isinstance(record.get("run_id"), str):
+        problems.append("no run_id")
+    if record.get("state") not in STATES:
+        problems.append(f"state {record.get('state')!r} is none of {', '.join(STATES)}")
+    if not isinstance(record.get("spec"), dict):
+        problems.append("no spec mapping")
+    for section in ("metrics", "cost", "stability"):
+        if not isinstance(record.get(section, {}) or {}, dict):
+            problems.append(f"'{section}' is not a mapping")
+    metrics = record.get("metrics") or {}
+    for key, value in sorted(metrics.items() if isinstance(metrics, dict) else []):
+        if value is None or _is_number(value):
+            continue
+        if isinstance(value, list) and all(v is None or _is_number(v) for v in value):
+            continue
+        problems.append(f"metrics.{key} = {value!r} is not a number")
+    return problems
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """A ``result.json``, checked by :func:`record_problems`: raises :class:`StoreReadError` naming the file and
+    every problem."""
+    record = read_json(path)
+    problems = record_problems(record)
+    if problems:
+        raise StoreReadError(path, "; ".join(problems))
+    return record
+
+
+def move_aside(path: Path, tag: str = "corrupt") -> Path:
+    """Rename a bad file to ``<name>.<tag>-<time>`` beside it (never deleted) and return the new path."""
+    path = Path(path)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    target = path.with_name(f"{path.name}.{tag}-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.{tag}-{stamp}-{n}")
+    os.replace(path, target)
+    return target
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Read a JSON-lines file; a torn last line (killed writer) is ignored."""
-    rows = []
+    """Read a JSON-lines file; reading stops at the first line that is not a JSON object (a torn last line of a
+    killed writer, or garbage)."""
+    rows: list[dict[str, Any]] = []
     if not Path(path).exists():
         return rows
-    for line in Path(path).read_text().splitlines():
+    for line in Path(path).read_bytes().decode("utf-8", errors="replace").splitlines():
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
+            row = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
             break
+        if not isinstance(row, dict):
+            break
+        rows.append(row)
     return rows
 
 
@@ -139,18 +228,42 @@ def is_locked(run_dir: Path) -> bool:
 
 
 def load_result(run_dir: Path) -> dict[str, Any] | None:
-    """The run's ``result.json``, or None when it has none yet."""
+    """The run's ``result.json`` (checked by :func:`read_record`), or None when it has none yet. An invalid
+    record raises :class:`StoreReadError`."""
     path = Path(run_dir) / RESULT
-    return read_json(path) if path.exists() else None
+    return read_record(path) if path.exists() else None
+
+
+def result_or_empty(run_dir: Path) -> dict[str, Any]:
+    """The run's ``result.json`` as it is, for reading optional sections (diagnostics, extra evaluations), or
+    ``{}`` when it is absent or unreadable (the report lists those from :func:`scan_results`)."""
+    try:
+        return read_json(Path(run_dir) / RESULT)
+    except StoreReadError:
+        return {}
 
 
 def is_finished(run_dir: Path) -> bool:
-    """True when the run has a readable result in a final state that is not retried (done or diverged)."""
+    """True when the run has a valid result in a final state that is not retried (done or diverged)."""
     try:
         result = load_result(run_dir)
-    except (OSError, json.JSONDecodeError):
+    except StoreReadError:
         return False
     return bool(result) and result.get("state") in FINISHED_STATES
+
+
+def set_aside_invalid_result(run_dir: Path) -> str | None:
+    """If the run's ``result.json`` is unreadable or invalid, move it aside (it is kept) and return one line
+    saying so; the run is then not finished and is redone. None when the record is valid or absent."""
+    path = Path(run_dir) / RESULT
+    if not path.exists():
+        return None
+    try:
+        read_record(path)
+        return None
+    except StoreReadError as err:
+        moved = move_aside(path)
+        return f"{err.problem}: moved aside to {moved.name}; the run is redone"
 
 
 @dataclass
@@ -160,22 +273,30 @@ class ScannedRecord:
     path: Path
     record: dict[str, Any] | None
     problem: str | None = None
+    dropped: list[str] = field(default_factory=list)  # invalid values left out of ``record``, one phrase each
 
 
 def scan_results(root: Path) -> list[ScannedRecord]:
-    """Every ``result.json`` below ``root``; unreadable or foreign-schema ones come back with a problem."""
+    """Every ``result.json`` below ``root``; unreadable or invalid ones come back with a problem, records whose
+    structure is valid but whose metric values are not come back with those values dropped and named in
+    ``dropped``."""
     found = []
     for path in sorted(Path(root).rglob(RESULT)):
         if any(part.startswith(".") for part in path.relative_to(root).parts[:-1]):
             continue  # submitit's folders and temporary files
         try:
             record = read_json(path)
-        except (OSError, json.JSONDecodeError) as err:
-            found.append(ScannedRecord(path, None, f"unreadable: {err}"))
+        except StoreReadError as err:
+            found.append(ScannedRecord(path, None, err.problem))
             continue
-        if not isinstance(record, dict) or record.get("schema") != SCHEMA:
-            version = record.get("schema") if isinstance(record, dict) else None
-            found.append(ScannedRecord(path, None, f"schema {version!r}, expected {SCHEMA}"))
+        problems = record_problems(record)
+        structural = [p for p in problems if not p.startswith("metrics.")]
+        if structural:
+            found.append(ScannedRecord(path, None, "; ".join(structural)))
             continue
-        found.append(ScannedRecord(path, record))
+        dropped = [p for p in problems if p.startswith("metrics.")]
+        if dropped:
+            bad = {p.split(" = ", 1)[0].removeprefix("metrics.") for p in dropped}
+            record = {**record, "metrics": {k: v for k, v in record["metrics"].items() if k not in bad}}
+        found.append(ScannedRecord(path, record, dropped=dropped))
     return found

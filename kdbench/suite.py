@@ -26,6 +26,7 @@ import functools
 import hashlib
 import inspect
 import json
+import math
 import os
 import re
 import types
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from kdbench.data import dataset_parameters, dataset_registry, regime_parameters, regime_registry
@@ -359,15 +361,87 @@ def find_suite(name_or_path: str, relative_to: Path | None = None) -> Path:
                          f"{', '.join(list_suites()) or 'none'})")
 
 
+MAX_SUITE_BYTES = 1 << 20
+"""A suite file larger than this (1 MiB) is refused: suites are a few kilobytes; anything larger is not one."""
+
+MAX_SUITE_DEPTH = 32
+"""Deepest nesting of mappings and lists a suite may have (the deepest real suite has 5)."""
+
+
+class _DuplicateKeyError(Exception):
+    def __init__(self, key: str, first: int, second: int) -> None:
+        super().__init__(key)
+        self.key, self.first, self.second = key, first, second
+
+
+class _SuiteLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses a key given twice in one mapping, naming the key and both lines."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, str | int | float | bool) and key in first_line:
+                raise _DuplicateKeyError(str(key), first_line[key], line)
+            if isinstance(key, str | int | float | bool):
+                first_line[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_yaml(text: str, where: str = "") -> Any:
+    """Parse YAML text safely (no Python objects), refusing duplicate keys and nesting deeper than
+    :data:`MAX_SUITE_DEPTH`; every problem is one :class:`SuiteError`."""
+    try:
+        depth = 0
+        for event in yaml.parse(text, Loader=_SuiteLoader):  # the event parser keeps its own stack: no recursion
+            if isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent):
+                depth += 1
+                if depth > MAX_SUITE_DEPTH:
+                    line = event.start_mark.line + 1
+                    raise SuiteError("", f"nested deeper than {MAX_SUITE_DEPTH} levels (line {line}): not a suite",
+                                     where)
+            elif isinstance(event, yaml.MappingEndEvent | yaml.SequenceEndEvent):
+                depth -= 1
+        return yaml.load(text, Loader=_SuiteLoader)  # a SafeLoader subclass: no Python objects
+    except yaml.YAMLError as err:
+        raise SuiteError("", f"not valid YAML: {' '.join(str(err).split())}", where) from None
+    except _DuplicateKeyError as err:
+        raise SuiteError(err.key, f"given twice, on lines {err.first} and {err.second} (the last would silently "
+                                  "win): keep one", where) from None
+    except RecursionError:
+        raise SuiteError("", "nested too deeply to read: not a suite", where) from None
+
+
+def parse_suite_text(path: Path) -> Any:
+    """A suite file's parsed YAML: refused with one :class:`SuiteError` if it is too large, binary, not UTF-8
+    or not valid YAML."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_SUITE_BYTES:
+            raise SuiteError("", f"{size} bytes: larger than a suite can be ({MAX_SUITE_BYTES} bytes)", str(path))
+        data = path.read_bytes()
+    except OSError as err:
+        raise SuiteError("", f"cannot be read: {err.strerror or err}", str(path)) from None
+    if b"\0" in data:
+        offset = data.index(b"\0")
+        raise SuiteError("", f"binary data (a NUL byte at offset {offset}): not a YAML suite", str(path))
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise SuiteError("", f"not UTF-8 text (byte {err.start}: {data[err.start:err.start + 1]!r})",
+                         str(path)) from None
+    return safe_yaml(text, str(path))
+
+
 def read_raw(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Safe-load a suite file and resolve its ``extends:`` chain into one raw mapping."""
     path = path.resolve()
     if path in _seen:
         raise SuiteError("extends", f"circular extends: {' -> '.join(str(p) for p in (*_seen, path))}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise SuiteError("", f"not valid YAML: {err}", str(path)) from None
+    raw = parse_suite_text(path)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -421,7 +495,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             raise SuiteError(item, "an override must look like key.path=value")
         key, text = item.split("=", 1)
         path = parse_key_path(key.strip())
-        value = yaml.safe_load(text) if text.strip() else None
+        value = safe_yaml(text, f"override {item}") if text.strip() else None
         node: Any = raw
         for depth, token in enumerate(path[:-1]):
             where = _path_str(path[: depth + 1])
@@ -475,6 +549,18 @@ def _require(condition: bool, key: str, message: str) -> None:
         raise SuiteError(key, message)
 
 
+def _refuse_non_finite(node: Any, path: list[str | int]) -> None:
+    """No value anywhere in a suite may be .inf or .nan (a job would divide by it, JSON would store null)."""
+    if isinstance(node, float) and not math.isfinite(node):
+        raise SuiteError(_path_str(path), f"expected a finite number, got {node!r}")
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _refuse_non_finite(value, [*path, str(key)])
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _refuse_non_finite(value, [*path, i])
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
 
@@ -515,6 +601,8 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
             return float(value)  # PyYAML (YAML 1.1) reads 5e-4 as a string: accept what is plainly a number
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise SuiteError(key, f"expected a number, got {value!r}")
+        if not math.isfinite(value):  # .inf and .nan would reach the jobs and be written as null
+            raise SuiteError(key, f"expected a finite number, got {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -673,6 +761,7 @@ def validate(raw: dict[str, Any], source: str = "") -> Suite:
     """Turn a raw (merged, overridden) mapping into a :class:`Suite`, or raise one :class:`SuiteError`."""
     from kdbench.models import is_model
 
+    _refuse_non_finite(raw, [])
     for name in raw:
         if name not in TOP_KEYS:
             raise SuiteError(str(name), f"unknown key '{name}' (known: {', '.join(sorted(TOP_KEYS))})")
@@ -766,7 +855,34 @@ def validate(raw: dict[str, Any], source: str = "") -> Suite:
     for i, method in enumerate(methods):
         _require(any(spec["label"] == method.label for spec in plan.runs.values()), f"methods[{i}].name",
                  f"method '{method.name}' is refused for every regime: {'; '.join(plan.refused)}")
+    _check_method_values(plan, {m.label: i for i, m in enumerate(methods)})
     return suite
+
+
+def _check_method_values(plan: Plan, index: dict[str, int]) -> None:
+    """Build every distinct (method, values, pair) of the plan on the pair's networks, so that any value a job
+    would refuse (``T: 0``, an impossible width) is refused now, naming its method entry, before any job starts.
+    Built once per distinct combination and process, with no data."""
+    for spec in plan.runs.values():
+        problem = _method_refusal(spec["method"], json.dumps(spec["method_params"], sort_keys=True),
+                                  spec["teacher"], spec["student"])
+        if problem:
+            raise SuiteError(f"methods[{index[spec['label']]}]",
+                             f"method '{spec['method']}' refuses its values on {spec['teacher']} -> "
+                             f"{spec['student']}: {problem}")
+
+
+@functools.lru_cache(maxsize=1024)
+def _method_refusal(method: str, params_json: str, teacher: str, student: str) -> str | None:
+    """Why ``method`` with these values cannot be built on the pair (its own ``__init__`` checks), or None."""
+    cls = discover_methods().get(method)
+    student_net, teacher_net = _pair_networks(teacher, student)
+    try:
+        with torch.random.fork_rng():  # building draws initial weights: leave the caller's RNG as it was
+            cls(student_net, teacher_net if cls.needs.teacher else None, num_classes=10, **json.loads(params_json))
+    except (ValueError, TypeError, AssertionError) as err:
+        return str(err)
+    return None
 
 
 def _check_teacher_files(suite: Suite, shape: tuple[int, int] | None) -> None:

@@ -43,7 +43,7 @@ def variant_rows(frame: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     runs = frame[(frame["role"] == "student") & (frame["state"] == "done")]
     for _, run in runs.iterrows():
-        record = store.load_result(Path(run["path"])) or {}
+        record = store.result_or_empty(Path(run["path"]))
         variants = record.get("extra_evaluations") or {}
         if not variants:
             continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import statistics
@@ -20,7 +21,7 @@ from kdbench.engine.checkpoint import load_checkpoint, rng_state, save_checkpoin
 from kdbench.engine.recipe import build_optimizer, build_scheduler, steps_per_epoch
 from kdbench.method import LossFn, Method
 from kdbench.models import Network, Outputs
-from kdbench.store import atomic_write_jsonl
+from kdbench.store import atomic_write_jsonl, move_aside
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
@@ -260,19 +261,54 @@ def _state(ts: TrainState) -> dict[str, Any]:
     return {"student": ts.student.state_dict(), "method": ts.method.state_dict()}
 
 
+_RESUME_KEYS = ("student", "method", "rng", "history", "phase", "epoch", "optimizer", "scheduler")
+
+
+def _resume_point(ts: TrainState, path: Path, num_phases: int) -> tuple[dict[str, Any] | None,
+                                                                         dict[str, Any] | None]:
+    """The checkpoint to resume from, already applied to the student, the method and the RNG; or, when the file
+    cannot be used (truncated, garbled, another run's shapes), ``(None, restart)``: the file is moved aside (kept),
+    the modules and RNG are as they were before the attempt, and ``restart`` says so for the record."""
+    if not path.exists():
+        return None, None
+    modules = (ts.student, ts.method)
+    before = [copy.deepcopy(m.state_dict()) for m in modules]
+    rng_before = rng_state()
+    try:
+        resume = load_checkpoint(path)
+        missing = [k for k in _RESUME_KEYS if not isinstance(resume, dict) or k not in resume]
+        if missing:
+            raise ValueError(f"no {', '.join(missing)}")
+        if not 0 <= int(resume["phase"]) < num_phases:
+            raise ValueError(f"phase {resume['phase']} of a run with {num_phases} phase(s)")
+        ts.student.load_state_dict(resume["student"])
+        ts.method.load_state_dict(resume["method"])
+        set_rng_state(resume["rng"])
+        return resume, None
+    except Exception as err:  # any failure to read or apply it: torch, pickle, zip, shapes, keys
+        for module, state in zip(modules, before, strict=True):
+            module.load_state_dict(state)
+        set_rng_state(rng_before)
+        reason = " ".join(f"{type(err).__name__}: {err}".split())[:300]
+        moved = move_aside(path) if distributed.is_main() else path
+        ts.log(f"{path} cannot be resumed from ({reason}): moved aside to {moved.name}; the run restarts from "
+               "scratch")
+        return None, {"phase": "restart", "epoch": 0, "restarted_from_scratch": reason,
+                      "set_aside": moved.name}
+
+
 def fit(ts: TrainState) -> FitOutcome:
     """Train every phase from the last checkpoint (if any) to its last epoch, evaluating and checkpointing after
     every epoch; then, for methods whose final prediction differs, evaluate the last and best epochs with it."""
     ckpt_path, best_path, metrics_path = ts.run_dir / CHECKPOINT, ts.run_dir / BEST, ts.run_dir / METRICS
     phases = phases_of(ts.method, ts.recipe, ts.regime.labeled)
-    resume = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
     history: list[dict[str, Any]] = []
     resumes: list[dict[str, Any]] = []
     start_phase = 0
+    resume, restart = _resume_point(ts, ckpt_path, len(phases))
+    if restart:
+        resumes = [restart]
     if resume:
-        ts.student.load_state_dict(resume["student"])
-        ts.method.load_state_dict(resume["method"])
-        set_rng_state(resume["rng"])
         history, start_phase = list(resume["history"]), int(resume["phase"])
         resumes = [*resume.get("resumes", []), {"phase": phases[start_phase].name, "epoch": int(resume["epoch"])}]
         ts.log(f"resumed from {phases[start_phase].name} epoch {resume['epoch']} ({ckpt_path})")

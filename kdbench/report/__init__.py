@@ -52,6 +52,8 @@ class Records:
     problems: list[tuple[str, str]] = field(default_factory=list)   # (path, problem)
     missing: list[tuple[str, str]] = field(default_factory=list)    # (suite, run id)
     stale: list[tuple[str, str, str]] = field(default_factory=list)  # (suite, run id, label): not in the plan
+    dropped: list[tuple[str, str]] = field(default_factory=list)  # (path, problem): invalid values left out
+    set_aside: list[str] = field(default_factory=list)  # invalid records `run` moved aside (and redid)
 
 
 def _flatten(record: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -135,19 +137,20 @@ def load_records(root: Path, include_stale: bool = False) -> Records:
     for suite_file in sorted(root.rglob(store.SUITE)):
         try:
             expected = store.read_json(suite_file)
-        except (OSError, ValueError) as err:
-            problems.append((str(suite_file), f"unreadable: {err}"))
+        except store.StoreReadError as err:
+            problems.append((str(suite_file), err.problem))
             continue
         folder = suite_file.parent
         plans[folder] = set()
         for kind, ids in (("teachers", expected.get("teachers", [])), ("runs", expected.get("runs", []))):
             plans[folder].update(ids)
             missing += [(folder.name, rid) for rid in ids if not (folder / kind / rid / store.RESULT).exists()]
-    rows, stale = [], []
+    rows, stale, dropped = [], [], []
     for scanned in store.scan_results(root):
         if scanned.record is None:
             problems.append((str(scanned.path), scanned.problem or "unreadable"))
             continue
+        dropped += [(str(scanned.path), what) for what in scanned.dropped]
         folder = scanned.path.parent.parent.parent  # <suite>/{runs,teachers}/<id>/result.json
         if folder in plans and scanned.path.parent.name not in plans[folder]:
             spec = scanned.record.get("spec") or {}
@@ -155,7 +158,8 @@ def load_records(root: Path, include_stale: bool = False) -> Records:
             if not include_stale:
                 continue
         rows.append(_flatten(scanned.record, scanned.path))
-    return Records(pd.DataFrame(rows), problems, missing, stale)
+    set_aside = sorted(str(p) for p in root.rglob(f"{store.RESULT}.corrupt-*"))
+    return Records(pd.DataFrame(rows), problems, missing, stale, dropped, set_aside)
 
 
 def method_order(labels: Sequence[str]) -> list[str]:
@@ -499,6 +503,9 @@ def problem_lines(records: Records) -> list[str]:
                          f"seed {row['seed']}: {row['error']}")
     lines += [f"missing    {rid}  (suite {suite}: no result.json yet)" for suite, rid in records.missing]
     lines += [f"unreadable {path}: {why}" for path, why in records.problems]
+    lines += [f"invalid    {path}: {why} (value left out of the tables)" for path, why in records.dropped]
+    lines += [f"set aside  {path}  (an invalid record `kdbench run` moved aside before redoing its run)"
+              for path in records.set_aside]
     lines += [f"stale      {rid}  {label} (suite {suite}: not in the plan that last ran there; left out of the "
               "tables unless --all; delete its folder or run the suite that made it)"
               for suite, rid, label in records.stale]
@@ -703,8 +710,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--all", action="store_true", help="include stale records (runs the results folder's "
                         "suite no longer names) in the tables; by default they are only listed")
     args = parser.parse_args(argv)
-    if not args.root.exists():
-        print(f"error: results folder '{args.root}' does not exist", file=sys.stderr)
+    if not args.root.is_dir():
+        what = "is a file, not a folder" if args.root.exists() else "does not exist"
+        print(f"error: results folder '{args.root}' {what}", file=sys.stderr)
         return 2
     records = load_records(args.root, include_stale=args.all)
     sys.stdout.write(render(records, args.format))
