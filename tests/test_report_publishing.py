@@ -139,3 +139,29 @@ def test_latex_escaping() -> None:
     assert escape("x < y > z ~ ^ # $ {}") == r"x \textless{} y \textgreater{} z \textasciitilde{} " \
         r"\textasciicircum{} \# \$ \{\}"
     assert escape("café ü ∑") == "cafe u ?"
+
+
+BROWSER = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+
+
+@pytest.mark.skipif(BROWSER is None, reason="no headless Chromium on this machine (.ci/run installs chromium)")
+def test_the_html_page_fits_1400_px_and_every_image_loads_in_a_real_browser(suite_file: Path, tmp_path: Path) -> None:
+    from kdbench.cli import main
+
+    assert main(["run", str(suite_file), "--results", str(tmp_path / "results"), "--quiet"]) == 0  # real runs
+    write_outputs(load_records(tmp_path / "results"), tmp_path / "out")  # (SYNTHETIC data): real plots
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "<img src='plots/" not in page and page.count("<img src='data:image/png;base64,") >= 4
+    probe = ("<script>window.addEventListener('load',()=>{const d=document.documentElement;"
+             "const ok=[...document.images].filter(i=>i.complete&&i.naturalWidth>0).length;"
+             "document.title='probe '+d.scrollWidth+' '+d.clientWidth+' '+ok+' '+document.images.length;});</script>")
+    moved = tmp_path / "elsewhere" / "page.html"  # moved away from its plots folder: still whole
+    moved.parent.mkdir()
+    moved.write_text(page.replace("</body>", probe + "</body>"))
+    done = subprocess.run([BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1400,900",
+                           "--virtual-time-budget=5000", "--dump-dom", moved.as_uri()], capture_output=True,
+                          text=True, timeout=120)
+    title = done.stdout.split("<title>probe ", 1)[1].split("</title>", 1)[0].split()
+    scroll_width, client_width, loaded, images = map(int, title)
+    assert scroll_width <= client_width <= 1400, "no horizontal overflow at 1400 px"
+    assert images >= 1 and loaded == images, "every embedded image loads"
