@@ -195,3 +195,34 @@ def test_load_suite_raises_only_suite_errors_for_garbage(tmp_path: Path) -> None
         path.write_bytes(content)
         with pytest.raises(SuiteError):
             load_suite(str(path))
+
+
+def test_a_worker_killed_by_sigkill_leaves_a_record_saying_killed_and_resumes(tmp_path: Path) -> None:
+    raw = tiny_suite(regimes=[{"name": "balanced"}], methods=[{"name": "vanilla"}],
+                     dataset={"name": "synthetic", "num_train": 4096, "num_test": 256},
+                     train={"epochs": 40, "batch_size": 32}, executor={"name": "local", "workers": 1})
+    path = write_suite(tmp_path / "k.yaml", raw)
+    results = tmp_path / "r"
+    proc = subprocess.Popen([sys.executable, "-m", "kdbench", "run", str(path), "--results", str(results),
+                             "--quiet"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    found: list[Path] = []
+    while time.monotonic() < deadline:
+        found = list(results.glob("tiny/runs/*/metrics.jsonl"))
+        if found and len(store.read_jsonl(found[0])) >= 2:
+            break
+        time.sleep(0.05)
+    workers = subprocess.run(["pgrep", "-f", f"submitit.core._submit {results}"], capture_output=True,
+                             text=True).stdout.split()
+    assert workers, "the worker process is running"
+    for pid in workers:
+        os.kill(int(pid), signal.SIGKILL)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 1 and "Traceback" not in out + err, out + err
+    record = store.read_record(found[0].parent / store.RESULT)
+    assert record["state"] == "failed" and record["error"].startswith("killed:") and record["job"]["ending"] == "killed"
+    rerun = subprocess.run([sys.executable, "-m", "kdbench", "run", str(path), "--results", str(results),
+                            "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    resumed = store.read_record(found[0].parent / store.RESULT)
+    assert resumed["state"] == "done" and resumed["resumes"], "resumed from the kept checkpoint"
