@@ -37,7 +37,8 @@ def test_torn_last_jsonl_line_is_ignored(tmp_path: Path) -> None:
 
 
 def test_scan_lists_corrupt_and_old_schema_records(tmp_path: Path) -> None:
-    store.atomic_write_json(tmp_path / "a" / "result.json", {"schema": store.SCHEMA, "state": "done"})
+    store.atomic_write_json(tmp_path / "a" / "result.json", {"schema": store.SCHEMA, "run_id": "a", "state": "done",
+                                                             "spec": {}})
     store.atomic_write_json(tmp_path / "b" / "result.json", {"schema": 0, "state": "done"})
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "result.json").write_text("{not json")
@@ -46,7 +47,7 @@ def test_scan_lists_corrupt_and_old_schema_records(tmp_path: Path) -> None:
     assert set(found) == {"a", "b", "c"}
     assert found["a"].record["state"] == "done" and found["a"].problem is None
     assert "schema 0" in found["b"].problem
-    assert "unreadable" in found["c"].problem
+    assert "not valid JSON" in found["c"].problem
 
 
 def test_run_lock_is_exclusive(tmp_path: Path) -> None:
