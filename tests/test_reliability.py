@@ -27,6 +27,14 @@ from kdbench.report import main as report_main
 from kdbench.suite import SuiteError, load_suite
 
 
+def _long_local_suite(path: Path) -> Path:
+    """One 40-epoch vanilla run on the local executor: long enough to be signalled mid-run."""
+    return write_suite(path, tiny_suite(regimes=[{"name": "balanced"}], methods=[{"name": "vanilla"}],
+                                        dataset={"name": "synthetic", "num_train": 4096, "num_test": 256},
+                                        train={"epochs": 40, "batch_size": 32},
+                                        executor={"name": "local", "workers": 1}))
+
+
 def _records(folder: Path) -> dict[str, dict]:
     return {p.parent.name: store.read_json(p) for p in folder.glob("*/runs/*/result.json")}
 
@@ -151,10 +159,7 @@ def test_bad_records_specs_and_checkpoints_are_set_aside_and_their_runs_redone_t
 
 
 def test_sigterm_on_run_stops_the_workers_keeps_checkpoints_and_resumes_to_the_same_numbers(tmp_path: Path) -> None:
-    raw = tiny_suite(regimes=[{"name": "balanced"}], methods=[{"name": "vanilla"}],
-                     dataset={"name": "synthetic", "num_train": 4096, "num_test": 256},
-                     train={"epochs": 40, "batch_size": 32}, executor={"name": "local", "workers": 1})
-    path = write_suite(tmp_path / "term.yaml", raw)
+    path = _long_local_suite(tmp_path / "term.yaml")
     results = tmp_path / "stopped"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "kdbench", "run", str(path), "--results", str(results),
@@ -198,10 +203,7 @@ def test_load_suite_raises_only_suite_errors_for_garbage(tmp_path: Path) -> None
 
 
 def test_a_worker_killed_by_sigkill_leaves_a_record_saying_killed_and_resumes(tmp_path: Path) -> None:
-    raw = tiny_suite(regimes=[{"name": "balanced"}], methods=[{"name": "vanilla"}],
-                     dataset={"name": "synthetic", "num_train": 4096, "num_test": 256},
-                     train={"epochs": 40, "batch_size": 32}, executor={"name": "local", "workers": 1})
-    path = write_suite(tmp_path / "k.yaml", raw)
+    path = _long_local_suite(tmp_path / "k.yaml")
     results = tmp_path / "r"
     proc = subprocess.Popen([sys.executable, "-m", "kdbench", "run", str(path), "--results", str(results),
                              "--quiet"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
