@@ -20,11 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA = 1
-"""Version of ``result.json``. Bump it when a field changes meaning; the report lists older records."""
-
-STATES = ("done", "diverged", "failed")
-FINISHED_STATES = ("done", "diverged")  # a failed run is retried when its suite is run again
+from kdbench.store.record import FINISHED_STATES, RUN_STATES, SCHEMA, Record, RecordError, migrate  # noqa: F401 (the store API)
 
 RESULT = "result.json"
 SPEC = "spec.json"
@@ -115,12 +111,14 @@ def record_problems(record: dict[str, Any]) -> list[str]:
     """What is wrong with a ``result.json``'s content, one phrase each (empty: a valid record). The structure
     (schema, run id, state, spec, metrics) and every metric value: a number, a list of numbers, or null."""
     problems = []
-    if record.get("schema") != SCHEMA:
-        problems.append(f"schema {record.get('schema')!r}, expected {SCHEMA}")
+    try:
+        record = migrate(record)
+    except RecordError as err:
+        problems.append(str(err))
     if not isinstance(record.get("run_id"), str):
         problems.append("no run_id")
-    if record.get("state") not in STATES:
-        problems.append(f"state {record.get('state')!r} is none of {', '.join(STATES)}")
+    if record.get("state") not in RUN_STATES:
+        problems.append(f"state {record.get('state')!r} is none of {', '.join(RUN_STATES)}")
     if not isinstance(record.get("spec"), dict):
         problems.append("no spec mapping")
     for section in ("metrics", "cost", "stability"):
@@ -144,6 +142,26 @@ def read_record(path: Path) -> dict[str, Any]:
     if problems:
         raise StoreReadError(path, "; ".join(problems))
     return record
+
+
+def write_record(run_dir: Path, record: Record) -> None:
+    """Atomically write a run's ``result.json`` from its typed record (the one writer of records)."""
+    atomic_write_json(Path(run_dir) / RESULT, record.to_dict())
+
+
+def typed_record(raw: dict[str, Any], path: Path) -> Record:
+    """A checked record's JSON object as a :class:`Record`; raises :class:`StoreReadError` naming ``path``."""
+    try:
+        return Record.from_dict(raw)
+    except RecordError as err:
+        raise StoreReadError(path, str(err)) from None
+
+
+def load_record(run_dir: Path) -> Record | None:
+    """The run's ``result.json`` as a typed :class:`Record`, or None when it has none yet; an invalid record
+    raises :class:`StoreReadError`."""
+    path = Path(run_dir) / RESULT
+    return typed_record(read_record(path), path) if path.exists() else None
 
 
 def move_aside(path: Path, tag: str = "corrupt") -> Path:
@@ -246,10 +264,10 @@ def result_or_empty(run_dir: Path) -> dict[str, Any]:
 def is_finished(run_dir: Path) -> bool:
     """True when the run has a valid result in a final state that is not retried (done or diverged)."""
     try:
-        result = load_result(run_dir)
+        record = load_record(run_dir)
     except StoreReadError:
         return False
-    return bool(result) and result.get("state") in FINISHED_STATES
+    return record is not None and record.finished
 
 
 def set_aside_invalid_result(run_dir: Path) -> str | None:
