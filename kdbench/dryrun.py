@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 from tabulate import tabulate
 
 from kdbench.data import dataset_registry
 from kdbench.reference import published_teacher
 from kdbench.store import atomic_write_json
-from kdbench.suite import ExecutorSettings, Plan, Suite, spec_id
+from kdbench.store.runspec import RunSpec
+from kdbench.suite import ExecutorSettings, Plan, Suite
 
 
 def describe_plan(suite: Suite, plan: Plan, results_root: Path) -> str:
@@ -31,10 +31,9 @@ def describe_plan(suite: Suite, plan: Plan, results_root: Path) -> str:
     recipes: dict[tuple[str, str, str], str] = {}
     details: dict[tuple[str, str, str], str] = {}
     for spec in plan.runs.values():
-        regime = spec["regime"].get("label", spec["regime"]["name"])
-        key = (f"{spec['teacher']} -> {spec['student']}", regime, spec["label"])
+        key = (f"{spec.teacher} -> {spec.student}", spec.regime.shown, spec.label)
         cells[key] += 1
-        epochs[key] = spec["epochs"]
+        epochs[key] = spec.epochs
         recipes[key] = recipe_flag(spec)
         details[key] = deviation_detail(spec)
     with_recipe = any(recipes.values())
@@ -46,16 +45,16 @@ def describe_plan(suite: Suite, plan: Plan, results_root: Path) -> str:
     if deviating:
         lines += ["", f"cells that deviate from their reference recipe ({len(deviating)}):", *deviating]
     lines += ["", "teachers:", *teacher_lines(suite, plan)]
-    kinds = Counter(spec.get("label") if spec.get("source") else "trained" for spec in plan.teachers.values())
+    kinds = Counter(spec.label if spec.verifies else "trained" for spec in plan.teachers.values())
     lines += ["", f"teacher jobs: {len(plan.teachers)} (" + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
               + f"); student runs: {len(plan.runs)}"]
     lines += ["", _executor_line(suite.executor), _gpu_hours(suite.executor, len(plan.teachers), len(plan.runs))]
     return "\n".join(lines)
 
 
-def recipe_flag(spec: dict[str, Any]) -> str:
+def recipe_flag(spec: RunSpec) -> str:
     """``authors <recipe>``, ``DEVIATES: <keys>``, or "" (the method has no reference recipe in this suite)."""
-    provenance = spec.get("provenance") or {}
+    provenance = spec.provenance or {}
     if not provenance.get("recipe"):
         return ""
     deviations = provenance.get("deviations") or []
@@ -64,9 +63,9 @@ def recipe_flag(spec: dict[str, Any]) -> str:
     return "DEVIATES: " + ", ".join(d["key"].split(".", 1)[-1] for d in deviations)
 
 
-def deviation_detail(spec: dict[str, Any]) -> str:
+def deviation_detail(spec: RunSpec) -> str:
     """Each declared deviation of a run: ``key=value (authors v: reason)``; "" when it has none."""
-    provenance = spec.get("provenance") or {}
+    provenance = spec.provenance or {}
     return "; ".join(f"{d['key']}={d['value']!r} (authors {d['reference']!r}: {d['reason']})"
                      for d in provenance.get("deviations") or [])
 
@@ -75,21 +74,21 @@ def teacher_lines(suite: Suite, plan: Plan) -> list[str]:
     """Per teacher of the plan: its file (path, sha256, expected and published top-1), its pretrained weights, or
     'trained here' with its recipe."""
     lines = []
-    for spec in sorted(plan.teachers.values(), key=lambda s: (s["model"], str(s["regime"]))):
-        model, source = spec["model"], spec.get("source")
+    for spec in sorted(plan.teachers.values(), key=lambda s: (s.model, str(s.regime.to_dict()))):
+        model, source = spec.model, spec.source
         published = published_teacher(model, suite.dataset.name)
         stated = f", published top-1 {published['top1']:.2f} ({published['source']})" if published is not None else ""
-        if source and source.get("checkpoint"):
-            lines.append(f"  {model}: file {source['checkpoint']} (sha256 {source['sha256']}, expected top-1 "
-                         f"{source['top1']} ± {source['tolerance']}{stated})")
+        if source and source.checkpoint:
+            lines.append(f"  {model}: file {source.checkpoint} (sha256 {source.sha256}, expected top-1 "
+                         f"{source.top1} ± {source.tolerance}{stated})")
         elif source:
-            lines.append(f"  {model}: pretrained weights from the local timm cache (expected top-1 {source['top1']} "
-                         f"± {source['tolerance']}{stated})")
+            lines.append(f"  {model}: pretrained weights from the local timm cache (expected top-1 {source.top1} "
+                         f"± {source.tolerance}{stated})")
         else:
-            regime = spec["regime"].get("label", spec["regime"]["name"])
-            stated = stated if spec["regime"]["name"] == "balanced" else ""  # published teachers saw the full set
-            lines.append(f"  {model}: trained here ({spec['epochs']} epochs, {regime}, seed {spec['seed']}{stated})")
-    if any(not spec.get("source") for spec in plan.teachers.values()):
+            stated = stated if spec.regime.name == "balanced" else ""  # published teachers saw the full set
+            lines.append(f"  {model}: trained here ({spec.epochs} epochs, {spec.regime.shown}, seed {spec.seed}"
+                         f"{stated})")
+    if any(not spec.verifies for spec in plan.teachers.values()):
         lines.append("  (to distil from the papers' teacher files instead: README, 'Reproducing a published cell')")
     return lines
 
@@ -98,8 +97,8 @@ def write_plan_json(suite: Suite, plan: Plan, path: Path) -> None:
     """Every planned job's fully resolved spec, by run id (teachers, then student runs), as one JSON file."""
     atomic_write_json(path, {
         "suite": suite.name, "source": suite.source,
-        "teachers": [{"run_id": spec_id(spec), **spec} for spec in plan.teachers.values()],
-        "runs": [{"run_id": run_id, **spec} for run_id, spec in plan.runs.items()],
+        "teachers": [{"run_id": run_id, **spec.to_dict()} for run_id, spec in plan.teachers.items()],
+        "runs": [{"run_id": run_id, **spec.to_dict()} for run_id, spec in plan.runs.items()],
         "refused": list(plan.refused)})
 
 

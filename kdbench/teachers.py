@@ -21,6 +21,7 @@ with the first few of each.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import pickletools
@@ -35,8 +36,10 @@ import torch
 from torch import nn
 
 from kdbench import store
+from kdbench.config import ConfigError
 from kdbench.models import Network, create_network
 from kdbench.models.reference_names import reference_renamer
+from kdbench.spec import TeacherSource
 
 ENTRY_KEYS = ("model", "state_dict", "net", "student")
 """Dict entries that hold a model's tensors in the field's checkpoint files (tried in this order)."""
@@ -304,6 +307,41 @@ def check_teacher_file(path: Path, arch: str, num_classes: int | None, in_chans:
     return read_teacher(path, arch, num_classes, in_chans)[1]
 
 
+# ------------------------------------------------------------------------------------------------ plan time
+
+
+def verify_source_file(source: TeacherSource | None, key: str) -> None:
+    """Before any job: a checkpoint source's file exists and has the sha256 the suite states. Raises
+    :class:`~kdbench.config.ConfigError` at ``<key>.checkpoint`` or ``<key>.sha256``; other sources pass."""
+    if source is None or source.checkpoint is None:
+        return
+    path = Path(source.checkpoint).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{key}.checkpoint", f"teacher checkpoint '{path}' does not exist")
+    actual = store.sha256_file(path)
+    if actual != source.sha256:
+        raise ConfigError(f"{key}.sha256", f"'{path}' has sha256 {actual}, not the {source.sha256} the suite expects")
+
+
+def check_source_fits(source: TeacherSource | None, arch: str, shape: tuple[int, int] | None, key: str) -> None:
+    """Before any job: a checkpoint source's file fits ``arch`` (names and shapes, any layout read here) for the
+    data's (classes, channels) ``shape`` (None: what the file implies). Raises
+    :class:`~kdbench.config.ConfigError` at ``<key>.checkpoint``; other sources pass."""
+    if source is None or source.checkpoint is None:
+        return
+    try:
+        _checked_file(str(Path(source.checkpoint).expanduser()), source.sha256, arch, shape)
+    except TeacherFileError as err:
+        raise ConfigError(f"{key}.checkpoint", str(err)) from None
+
+
+@functools.lru_cache(maxsize=32)
+def _checked_file(path: str, sha256: str | None, arch: str, shape: tuple[int, int] | None) -> str:
+    """:func:`check_teacher_file` once per file content (its sha256), architecture and data shape."""
+    classes, chans = shape if shape is not None else (None, None)
+    return check_teacher_file(Path(path), arch, classes, chans).layout
+
+
 def save_converted(network: Network, out: Path) -> str:
     """Write ``network``'s state dict in kdbench's format (atomically, tensors only); return its sha256."""
     buffer = io.BytesIO()
@@ -325,11 +363,11 @@ def load_job_teacher(run_dir: Path, teacher_id: str, arch: str, num_classes: int
     """The teacher a student run distils from: its teacher job's weights, checked against the sha256 its record
     states, loaded tensors-only."""
     tdir = teacher_dir_for(run_dir, teacher_id)
-    record = store.load_result(tdir)
-    if not record or record.get("state") != "done":
+    record = store.load_record(tdir)
+    if record is None or record.state != "done" or record.artifacts is None or not record.artifacts.weights_sha256:
         raise TeacherNotReadyError(f"teacher {teacher_id} has no finished record in {tdir}")
     weights = tdir / store.WEIGHTS
-    expected = record["artifacts"]["weights_sha256"]
+    expected = record.artifacts.weights_sha256
     actual = store.sha256_file(weights)
     if actual != expected:
         raise TeacherNotReadyError(f"{weights}: sha256 {actual[:12]}... does not match its record "

@@ -159,7 +159,7 @@ def test_full_scale_suites_take_every_gendd_value_from_the_table_or_declare_the_
     plan = expand(suite)
     table = reference_recipes()
     checked = 0
-    for spec in plan.runs.values():
+    for spec in (s.to_dict() for s in plan.runs.values()):
         provenance = spec.get("provenance")
         if not provenance:
             continue
@@ -246,12 +246,12 @@ def test_a_suite_contradicting_the_recipe_without_a_declared_deviation_is_refuse
 def test_declared_deviations_apply_and_are_recorded_unused_or_malformed_ones_are_refused() -> None:
     suite = validate(_cifar_suite({"recipe": "cifar100", "smooth": 0.5,
                                    "deviations": {"params.smooth": "an ablation of contraction"}}))
-    runs = [r for r in expand(suite).runs.values() if r["method"] == "gendd"]
+    runs = [r.to_dict() for r in expand(suite).runs.values() if r.method == "gendd"]
     assert {r["method_params"]["smooth"] for r in runs} == {0.5}
     assert runs[0]["provenance"]["deviations"][0]["reason"] == "an ablation of contraction"
     assert {r["provenance"]["deviations"][0]["reference"] for r in runs} == {0.7, 0.9}
     same = validate(_cifar_suite({"recipe": "cifar100", "mul": 30}))  # equal to the table: no deviation
-    assert all(r["provenance"]["deviations"] == [] for r in expand(same).runs.values() if r.get("provenance"))
+    assert all(r.provenance["deviations"] == [] for r in expand(same).runs.values() if r.provenance)
     bad = [({"recipe": "cifar100", "deviations": {"params.smooth": "why"}}, "methods[1].deviations.params.smooth",
             "no cell deviates"),
            ({"recipe": "cifar100", "smooth": 0.5, "deviations": {"params.smooth": " "}},
@@ -267,9 +267,9 @@ def test_declared_deviations_apply_and_are_recorded_unused_or_malformed_ones_are
 
 def test_provenance_does_not_change_run_ids_but_the_values_do() -> None:
     plain = expand(validate(_cifar_suite({"smooth": 0.7, "mul": 30})))
-    ids = {rid for rid, r in plain.runs.items() if r["method"] == "kd"}
+    ids = {rid for rid, r in plain.runs.items() if r.method == "kd"}
     with_recipe = expand(validate(_cifar_suite({"recipe": "cifar100"})))
-    assert ids == {rid for rid, r in with_recipe.runs.items() if r["method"] == "kd"}
+    assert ids == {rid for rid, r in with_recipe.runs.items() if r.method == "kd"}
 
 
 def test_the_report_marks_cells_that_deviate_from_their_reference_recipe(tmp_path: Path) -> None:

@@ -62,7 +62,7 @@ def test_missing_data_path_names_the_path(tmp_path: Path) -> None:
 def test_vanilla_is_refused_for_unlabeled_and_says_so() -> None:
     plan = expand(validate(tiny_suite()))
     assert any("vanilla x unlabeled: refused" in note for note in plan.refused)
-    assert {(s["label"], s["regime"]["name"]) for s in plan.runs.values()} == {
+    assert {(s.label, s.regime.name) for s in plan.runs.values()} == {
         ("vanilla", "balanced"), ("kd", "balanced"), ("mse", "balanced"), ("kd", "unlabeled"), ("mse", "unlabeled")}
 
 
@@ -73,11 +73,11 @@ def test_grid_expansion_counts_and_teacher_sharing() -> None:
     assert len(plan.runs) == 3 * 3 + 3 * 3 + 2 * 3  # vanilla refused for unlabeled
     # unlabeled distils from the balanced teacher; longtail's teacher trains on the long-tailed set itself
     assert len(plan.teachers) == 2
-    by_regime = {s["regime"]["name"]: s["teacher_id"] for s in plan.runs.values() if s["teacher_id"]}
+    by_regime = {s.regime.name: s.teacher_id for s in plan.runs.values() if s.teacher_id}
     assert by_regime["unlabeled"] == by_regime["balanced"] != by_regime["longtail"]
-    assert all(s["teacher_id"] is None for s in plan.runs.values() if s["method"] == "vanilla")
+    assert all(s.teacher_id is None for s in plan.runs.values() if s.method == "vanilla")
     teacher = plan.teachers[by_regime["longtail"]]
-    assert teacher["role"] == "teacher" and teacher["regime"] == {"name": "longtail", "params": {
+    assert teacher.is_teacher and teacher.regime.to_dict() == {"name": "longtail", "params": {
         "imbalance": 4.0, "seed": 0, "many_above": 100, "few_below": 20}}
 
 
@@ -85,7 +85,7 @@ def test_run_ids_are_stable_and_depend_on_the_spec() -> None:
     plan_a = expand(validate(tiny_suite()))
     plan_b = expand(validate(tiny_suite()))
     assert list(plan_a.runs) == list(plan_b.runs)
-    spec = next(iter(plan_a.runs.values()))
+    spec = next(iter(plan_a.runs.values())).to_dict()
     assert spec_id(spec) == spec_id(dict(reversed(list(spec.items()))))  # key order does not matter
     assert spec_id({**spec, "seed": 99}) != spec_id(spec)
     # the data's location is not part of what it is
@@ -109,9 +109,9 @@ def test_run_id_golden() -> None:
 def test_a_method_may_have_its_own_recipe() -> None:
     raw = tiny_suite(methods=[{"name": "kd"}, {"name": "mse", "train": {"optimizer": "adamw", "lr": 1.0e-3}}])
     plan = expand(validate(raw))
-    recipes = {s["method"]: s["recipe"] for s in plan.runs.values()}
-    assert recipes["kd"]["optimizer"] == "sgd" and recipes["mse"]["optimizer"] == "adamw"
-    assert recipes["mse"]["lr"] == 1e-3 and recipes["mse"]["epochs"] == 3 and recipes["mse"]["batch_size"] == 32
+    recipes = {s.method: s.recipe for s in plan.runs.values()}
+    assert recipes["kd"].optimizer == "sgd" and recipes["mse"].optimizer == "adamw"
+    assert recipes["mse"].lr == 1e-3 and recipes["mse"].epochs == 3 and recipes["mse"].batch_size == 32
     err = _error(tiny_suite(methods=[{"name": "kd", "train": {"lrr": 1}}]))
     assert err.key == "methods[0].train.lrr"
 
@@ -210,7 +210,7 @@ def test_a_pair_recipe_overrides_the_suite_and_a_method_recipe_overrides_both() 
         pairs=[{"teacher": "kdb_cnn_small", "student": "kdb_cnn_nano", "train": {"lr": 0.01}},
                {"teacher": "kdb_cnn_small", "student": "kdb_cnn_tiny"}],
         methods=[{"name": "kd"}, {"name": "mse", "train": {"lr": 0.2}}], regimes=[{"name": "balanced"}]))
-    lrs = {(s["student"], s["label"]): s["recipe"]["lr"] for s in expand(suite).runs.values()}
+    lrs = {(s.student, s.label): s.recipe.lr for s in expand(suite).runs.values()}
     assert lrs == {("kdb_cnn_nano", "kd"): 0.01, ("kdb_cnn_nano", "mse"): 0.2, ("kdb_cnn_tiny", "kd"): 0.05,
                    ("kdb_cnn_tiny", "mse"): 0.2}
     with pytest.raises(SuiteError) as err:
@@ -223,7 +223,7 @@ def test_a_pair_sets_a_methods_hyperparameters_for_its_own_cells() -> None:
         pairs=[{"teacher": "kdb_cnn_small", "student": "kdb_cnn_nano", "params": {"kd": {"T": 2.0}}},
                {"teacher": "kdb_cnn_small", "student": "kdb_cnn_tiny"}],
         methods=[{"name": "kd"}], regimes=[{"name": "balanced"}]))
-    temperatures = {s["student"]: s["method_params"]["T"] for s in expand(suite).runs.values()}
+    temperatures = {s.student: s.method_params["T"] for s in expand(suite).runs.values()}
     assert temperatures == {"kdb_cnn_nano": 2.0, "kdb_cnn_tiny": 4.0}
     for change, key in [({"kdd": {"T": 2.0}}, "pairs[0].params.kdd"), ({"kd": {"Tt": 2.0}}, "pairs[0].params.kd.Tt")]:
         with pytest.raises(SuiteError) as err:
@@ -236,7 +236,7 @@ def test_a_method_that_cannot_run_on_a_pair_is_refused_for_that_pair_and_says_wh
         methods=[{"name": "kd"}, {"name": "kdsvd"}], regimes=[{"name": "balanced"}],
         pairs=[{"teacher": "kdb_cnn_small", "student": "kdb_cnn_nano"},
                {"teacher": "kdb_cnn_small", "student": "kdb_cnn_small"}])))
-    assert {(s["student"], s["label"]) for s in plan.runs.values()} == {
+    assert {(s.student, s.label) for s in plan.runs.values()} == {
         ("kdb_cnn_nano", "kd"), ("kdb_cnn_small", "kd"), ("kdb_cnn_small", "kdsvd")}
     assert any("kdsvd x kdb_cnn_small -> kdb_cnn_nano: refused" in note and "equal channels" in note
                for note in plan.refused)
