@@ -5,6 +5,16 @@ gradients of every parameter the optimizer updates are averaged across ranks aft
 of DistributedDataParallel, for the student and for any module a method trains, e.g. GenDD's head); evaluation
 counts are summed across ranks. Only rank 0 writes files. Launched by SLURM through submitit (one task per GPU,
 ``submitit.helpers.TorchDistributedEnvironment``) or locally with :func:`launch_local`.
+
+Batch norm under data parallelism (the train option ``batchnorm``, :data:`kdbench.spec.BATCHNORM_MODES`): each rank's
+BatchNorm layers see only its shard, so their running statistics drift apart. ``broadcast`` (the default, what
+``DistributedDataParallel(broadcast_buffers=True)`` gives) copies rank 0's normalisation buffers to every rank at
+each epoch end (:func:`broadcast_batchnorm`), so every rank evaluates, and rank 0 saves, one model; ``sync``
+converts the layers to ``torch.nn.SyncBatchNorm`` (:func:`convert_sync_batchnorm`: batch statistics over the
+global batch, GPUs only) and broadcasts as well; ``local`` keeps each rank's own statistics (the old behaviour).
+
+A low module: the data layer, the engine and methods (CRD's memory bank, GenDD's distilled map) all use it, and
+it imports nothing of kdbench.
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 
 def world_size() -> int:
@@ -109,6 +120,93 @@ def gather_rows(tensor: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(tensor) for _ in range(n)]
     dist.all_gather(parts, tensor.contiguous())
     return torch.cat(parts)
+
+
+def gather_variable_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """The rows of ``tensor`` from every rank, concatenated in rank order (rank 0's rows first), where ranks may
+    hold different numbers of rows (even none); every rank gets the same tensor. The trailing shape, dtype and
+    device must agree across ranks. The tensor itself when not distributed.
+
+    Three collectives: the row counts are gathered, every block is zero-padded to the largest, the padded blocks
+    are gathered, and each is trimmed back to its count."""
+    n = world_size()
+    if n == 1:
+        return tensor
+    tensor = tensor.contiguous()
+    count = torch.tensor([tensor.shape[0]], dtype=torch.long, device=tensor.device)
+    counts = [torch.empty_like(count) for _ in range(n)]
+    dist.all_gather(counts, count)
+    sizes = [int(c) for c in counts]
+    longest = max(sizes)
+    if longest == 0:
+        return tensor
+    padded = tensor
+    if tensor.shape[0] < longest:
+        padding = tensor.new_zeros((longest - tensor.shape[0], *tensor.shape[1:]))
+        padded = torch.cat([tensor, padding])
+    parts = [torch.empty_like(padded) for _ in range(n)]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:size] for part, size in zip(parts, sizes, strict=True)])
+
+
+def batchnorm_buffers(*modules: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """Every buffer of every normalisation layer that tracks running statistics (BatchNorm1d/2d/3d,
+    SyncBatchNorm, timm's BatchNormAct, InstanceNorm with ``track_running_stats``) inside ``modules``:
+    ``running_mean``, ``running_var``, ``num_batches_tracked`` and any other buffer such a layer owns, as
+    ``(name, tensor)`` in module order, the name prefixed by the module's position (``0.model.bn1.running_mean``)."""
+    found = []
+    for position, module in enumerate(modules):
+        for path, layer in module.named_modules():
+            if isinstance(layer, nn.modules.batchnorm._NormBase):
+                for name, buffer in layer.named_buffers(recurse=False):
+                    if buffer is not None:
+                        found.append((f"{position}.{path}.{name}" if path else f"{position}.{name}", buffer))
+    return found
+
+
+def broadcast_batchnorm(*modules: nn.Module, src: int = 0) -> None:
+    """Make the batch-norm buffers of ``modules`` (:func:`batchnorm_buffers`) equal on every rank: rank ``src``'s
+    values are copied in place to every other rank, exactly (the buffer broadcast that
+    ``DistributedDataParallel`` does before each forward; here called once per epoch end). One broadcast per
+    buffer dtype. Every rank must pass modules of the same structure. No-op when not distributed."""
+    if world_size() == 1:
+        return
+    by_kind: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
+    for _, buffer in batchnorm_buffers(*modules):
+        by_kind.setdefault((buffer.dtype, buffer.device), []).append(buffer)
+    for buffers in by_kind.values():  # the same insertion order on every rank: module order
+        flat = torch.cat([b.reshape(-1) for b in buffers])
+        dist.broadcast(flat, src=src)
+        offset = 0
+        for b in buffers:
+            b.copy_(flat[offset:offset + b.numel()].view_as(b))
+            offset += b.numel()
+
+
+def to_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """``module`` with every BatchNorm layer replaced by a ``torch.nn.SyncBatchNorm`` that shares its parameters
+    and buffers (timm's converter when timm is there, so that BatchNormAct layers keep their activation), whatever
+    the world size or device. Returns the converted module: a new object only when ``module`` itself is a
+    BatchNorm layer. References to the old layers held elsewhere (forward hooks, a wrapper's map of its layers)
+    go stale, so convert a network before anything keeps such references. See :func:`convert_sync_batchnorm`."""
+    try:
+        from timm.layers import convert_sync_batchnorm as convert
+    except ImportError:  # timm is a dependency of kdbench's models; torch's converter handles plain BatchNorm
+        convert = nn.SyncBatchNorm.convert_sync_batchnorm
+    return convert(module)
+
+
+def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """For the train option ``batchnorm: sync``: ``module`` with its BatchNorm layers as ``torch.nn.SyncBatchNorm``
+    (batch statistics over the global batch, :func:`to_sync_batchnorm`) when distributed; ``module`` unchanged
+    when not. Raises ValueError on CPU ranks: torch's SyncBatchNorm trains only on accelerators (use
+    ``batchnorm: broadcast`` there)."""
+    if world_size() == 1:
+        return module
+    if device().type == "cpu":
+        raise ValueError("batchnorm: sync uses torch.nn.SyncBatchNorm, which trains only on GPUs; this rank runs on "
+                         "the CPU (use batchnorm: broadcast)")
+    return to_sync_batchnorm(module)
 
 
 def mean_across(value: float, device: torch.device | str = "cpu") -> float:

@@ -4,10 +4,31 @@ A method is a ``torch.nn.Module`` registered by name. It owns only what it adds 
 head); the trainer owns the student, the teacher and the loop. ``losses`` returns named, already weighted
 terms; the trainer sums them. Methods are found by scanning the ``methods`` package (one file per method)
 and the ``kdbench.methods`` entry-point group of installed packages.
+
+What the engine calls on every method (:class:`Method`): ``needs``, ``losses``, ``predict``, ``param_groups``,
+``stages``, ``incompatibility``; ``description``, ``uses`` and ``name`` describe it, and ``report_hints``
+(:class:`ReportHints`) declares, as data, the extra report columns and predictors it records.
+
+Optional capabilities are small mixins, each documented on its class; a method inherits the ones it needs,
+before :class:`Method` (``class GenDD(CustomPredictor, StepHooks, RecordExtras, Method)``):
+
+- :class:`BindsData`: ``bind_data(train_size)`` once before training (per-item state: CRD's memory bank);
+- :class:`StepHooks`: ``on_epoch_start`` / ``before_step`` (loss-weight warm-ups, GenDD's beta2 ramp);
+- :class:`CustomPredictor`: a predictor other than the student's logits: ``final_predict_differs``,
+  ``reports_probe``, ``describe_predictor``, ``after_training``, ``extra_evaluations``;
+- :class:`RecordExtras`: ``extras()``, method-specific ``cost`` and ``diagnostics`` entries of the record.
+
+The engine reaches a capability only through the module-level functions below (:func:`bind_data`,
+:func:`epoch_start`, :func:`step_hook`, :func:`after_training`, :func:`extra_evaluations`,
+:func:`describe_predictor`, :func:`method_extras`, :func:`final_predict_differs`, :func:`reports_probe`,
+:func:`report_hints`), which give the default behaviour for a method without the mixin. A class that defines a
+capability's hook without inheriting its mixin is refused when it is defined (``TypeError``), so no hook is ever
+silently skipped.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import pkgutil
@@ -20,11 +41,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdbench.batch import Batch
 from kdbench.models.network import Network, Outputs
 from kdbench.registry import Registry
 
-__all__ = ["Batch", "Method", "Needs", "Stage", "discover_methods", "hyperparameters", "method_registry",
-           "register_method"]
+__all__ = ["Batch", "BindsData", "CustomPredictor", "Method", "Needs", "RecordExtras", "ReportHints", "Stage",
+           "StepHooks", "after_training", "bind_data", "describe_predictor", "discover_methods", "epoch_start",
+           "extra_evaluations", "final_predict_differs", "hyperparameters", "method_extras", "method_registry",
+           "register_method", "report_hints", "reports_probe", "step_hook"]
 
 
 @dataclass(frozen=True)
@@ -40,18 +64,9 @@ class Needs:
     negatives: int = 0
 
 
-@dataclass
-class Batch:
-    """One training batch. ``y`` is None in the unlabeled regime; ``index`` are dataset indices; ``negatives``
-    (items x k dataset indices) is there when the method asked for them (``Needs.negatives``)."""
-
-    x: torch.Tensor
-    y: torch.Tensor | None
-    index: torch.Tensor
-    negatives: torch.Tensor | None = None
-
-
 LossFn = Callable[[Batch, Outputs, "Outputs | None"], dict[str, torch.Tensor]]
+Predict = Callable[[torch.Tensor, Outputs], torch.Tensor]
+TrainingItems = Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]
 
 
 @dataclass
@@ -67,29 +82,156 @@ class Stage:
     epochs: int
     recipe: dict[str, Any]
     losses: LossFn
-    predict: Callable[[torch.Tensor, Outputs], torch.Tensor]
+    predict: Predict
     param_groups: Callable[[Network], list[dict[str, Any]]]
     student_train_mode: bool = True  # False: the student runs in eval mode (BN statistics frozen), as
     # RepDistiller's init stages of AB, FT and FSP do
 
 
+@dataclass(frozen=True)
+class ReportHints:
+    """The extra report columns and predictors a method records, declared as data (a method sets the class
+    attribute ``report_hints = ReportHints(...)``), so that the report can show them without naming the method.
+    This class is the one place they are documented. Every field names entries of the method's own result
+    records; the default declares nothing.
+
+    - ``label``: how plots and tables title the method's own views (``"GenDD"``).
+    - ``columns``: ``(diagnostics key, caption)`` pairs: scalar entries of the record's ``diagnostics`` worth a
+      report column.
+    - ``predictor_settings``: the ``diagnostics`` key that maps each extra predictor (the record's
+      ``extra_evaluations``) to its settings, a flat dict (GenDD: ``"sweep_settings"``);
+      ``own_predictor_settings``: the ``diagnostics`` key with the settings of the method's own final predictor.
+    - ``sweep_x``: the settings field on the x axis of the extra predictors' top-1/latency plot (``"steps"``);
+      ``sweep_series``: the settings fields whose values draw one curve each.
+    - ``setting_text``: a ``str.format`` template that describes one settings dict in a table cell;
+      ``setting_labels``: ``(value of settings["sampler"], fixed text)`` pairs that replace the template.
+    - ``reference``: the method's own prediction is the reference the cell's other prediction variants are
+      paired with by seed (GenDD with its authors' sampler).
+    - ``parameter_curves``: hyper-parameters worth a top-1/latency-against-value plot, one at a time.
+    """
+
+    label: str = ""
+    columns: tuple[tuple[str, str], ...] = ()
+    predictor_settings: str = ""
+    own_predictor_settings: str = ""
+    sweep_x: str = ""
+    sweep_series: tuple[str, ...] = ()
+    setting_text: str = ""
+    setting_labels: tuple[tuple[str, str], ...] = ()
+    reference: bool = False
+    parameter_curves: tuple[str, ...] = ()
+
+    def as_record(self) -> dict[str, Any]:
+        """The declared (non-default) fields as plain JSON values (tuples as lists); ``{}`` when none is."""
+        default = ReportHints()
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value != getattr(default, f.name):
+                out[f.name] = [list(v) if isinstance(v, tuple) else v for v in value] \
+                    if isinstance(value, tuple) else value
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- capabilities
+
+
+class BindsData:
+    """Capability: per-item state sized by the training split (CRD's memory bank).
+
+    ``bind_data(train_size)`` is called once before training, and before a checkpoint is loaded, with the size of
+    the training split: dataset indices run from 0 to ``train_size - 1``."""
+
+    def bind_data(self, train_size: int) -> None:
+        """Allocate the per-item state for ``train_size`` training items."""
+
+
+class StepHooks:
+    """Capability: hooks the loop calls during the main phase (not during a method's extra stages).
+
+    ``on_epoch_start(epoch, epochs)`` before each epoch (0-based ``epoch`` of ``epochs``): loss-weight warm-ups
+    (DKD, ReviewKD), per-epoch state (IKL's prior, GenDD's target-norm statistics). ``before_step(optimizer,
+    step, total_steps)`` before each optimizer step (``step`` counts from 0 over the whole phase): optimizer
+    settings that change per step (GenDD's beta2 ramp). Both default to nothing."""
+
+    def on_epoch_start(self, epoch: int, epochs: int) -> None:
+        """Called before each epoch of the main phase."""
+
+    def before_step(self, optimizer: torch.optim.Optimizer, step: int, total_steps: int) -> None:
+        """Called before each optimizer step of the main phase."""
+
+
+class CustomPredictor:
+    """Capability: the method predicts with something other than the student's logits (GenDD samples
+    teacher-space features and applies the frozen teacher head).
+
+    - ``final_predict_differs``: the end-of-run prediction (``predict(..., final=True)``, e.g. more samples)
+      differs from the per-epoch one, so the engine re-evaluates the last and the best epoch with it.
+    - ``reports_probe``: the student's own logits are a monitor worth reporting beside ``predict``.
+    - ``describe_predictor(final)``: what ``predict`` computes, in a few words, for the report's captions.
+    - ``after_training(student, batches)``: once after the last epoch, before the extra evaluations, with a way to
+      iterate this rank's share of the training items as evaluation batches (no augmentation), e.g. to fit
+      GenDD's distilled predictor (under data-parallel training every rank calls it on its own share).
+    - ``extra_evaluations()``: named alternative predictors evaluated once on the final model (GenDD's sampler
+      sweep: top-1 and latency of other settings of the same trained head).
+    """
+
+    final_predict_differs: ClassVar[bool] = False
+    reports_probe: ClassVar[bool] = False
+
+    def describe_predictor(self, final: bool) -> str:
+        """What ``predict`` computes (``final``: the end-of-run evaluation, else the per-epoch one)."""
+        return "student logits"
+
+    def after_training(self, student: Network, batches: TrainingItems) -> None:
+        """Called once after the last epoch with the training items as evaluation batches. Default: nothing."""
+
+    def extra_evaluations(self) -> dict[str, Predict]:
+        """Named alternative predictors of the final model. Default: none."""
+        return {}
+
+
+class RecordExtras:
+    """Capability: method-specific entries of the run's record: ``extras()`` returns ``{"cost": {...},
+    "diagnostics": {...}}`` (either may be left out), merged into the record's ``cost`` and ``diagnostics``."""
+
+    def extras(self) -> dict[str, dict[str, Any]]:
+        """The method's own ``cost`` and ``diagnostics`` entries."""
+        return {}
+
+
+# which class attributes each capability declares: a method that sets one must inherit the mixin
+CAPABILITIES: dict[type, tuple[str, ...]] = {
+    BindsData: ("bind_data",),
+    StepHooks: ("on_epoch_start", "before_step"),
+    CustomPredictor: ("final_predict_differs", "reports_probe", "describe_predictor", "after_training",
+                      "extra_evaluations"),
+    RecordExtras: ("extras",),
+}
+
+
 class Method(nn.Module):
-    """Base class of every distillation method.
+    """Base class of every distillation method: what the engine must call.
 
     Subclasses set ``needs`` and ``description``, take ``(student, teacher, *, num_classes, **hyperparameters)``
-    with typed keyword hyper-parameters and published defaults, and implement :meth:`losses`.
-
-    ``final_predict_differs``: the final evaluation (``predict(..., final=True)``, e.g. more samples) differs
-    from the per-epoch one, so the engine re-evaluates the last and the best epoch with it.
-    ``reports_probe``: the student's own logits are a monitor worth reporting beside ``predict`` (GenDD).
+    with typed keyword hyper-parameters and published defaults, and implement :meth:`losses`. Optional
+    capabilities come from the mixins of this module (see its docstring).
     """
 
     needs: ClassVar[Needs] = Needs()  # an instance may narrow its taps to the networks it got (self.needs = ...)
     description: ClassVar[str] = ""
     uses: ClassVar[str] = "logits"  # what the method reads of the networks, for `kdbench list methods`
     name: ClassVar[str] = ""
-    final_predict_differs: ClassVar[bool] = False
-    reports_probe: ClassVar[bool] = False
+    report_hints: ClassVar[ReportHints] = ReportHints()  # extra report columns/predictors it records
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for mixin, names in CAPABILITIES.items():
+            defined = [n for n in names if n in cls.__dict__]
+            if defined and not issubclass(cls, mixin):
+                raise TypeError(f"{cls.__name__} defines {', '.join(defined)} but does not inherit "
+                                f"kdbench.method.{mixin.__name__}: write class {cls.__name__}({mixin.__name__}, "
+                                f"..., Method)")
 
     def __init__(self, student: Network, teacher: Network | None, *, num_classes: int) -> None:
         super().__init__()
@@ -108,38 +250,9 @@ class Method(nn.Module):
         """Class scores used for evaluation (``final``: the end-of-run evaluation). Default: the student's logits."""
         return s.logits
 
-    def bind_data(self, train_size: int) -> None:
-        """Called once before training (and before a checkpoint is loaded) with the size of the training split:
-        dataset indices run from 0 to ``train_size - 1``. For methods with per-item state (CRD's memory bank)."""
-
-    def on_epoch_start(self, epoch: int, epochs: int) -> None:
-        """Hook called before each training epoch (e.g. for loss-weight warm-ups)."""
-
-    def before_step(self, optimizer: torch.optim.Optimizer, step: int, total_steps: int) -> None:
-        """Hook called before each optimizer step of the main phase (e.g. GenDD's beta2 ramp)."""
-
     def stages(self, recipe: dict[str, Any], labeled: bool = True) -> list[Stage]:
         """Extra phases run before the main one, in order (``labeled``: the run's data has labels). Default: none."""
         return []
-
-    def after_training(self, student: Network,
-                       batches: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]) -> None:
-        """Called once after the last epoch, before the extra evaluations, with a way to iterate the training
-        items as evaluation batches (no augmentation), e.g. to fit GenDD's distilled predictor. Default: nothing."""
-
-    def describe_predictor(self, final: bool) -> str:
-        """What :meth:`predict` computes, in a few words, for the report's column captions (``final``: the
-        end-of-run evaluation, else the per-epoch one). Default: the student's logits."""
-        return "student logits"
-
-    def extra_evaluations(self) -> dict[str, Callable[[torch.Tensor, Outputs], torch.Tensor]]:
-        """Named alternative predictors evaluated once on the final model (e.g. GenDD's sampler sweep: top-1 and
-        latency of other step counts from the same trained head). Default: none."""
-        return {}
-
-    def extras(self) -> dict[str, dict[str, Any]]:
-        """Method-specific ``cost`` and ``diagnostics`` entries merged into the run's record."""
-        return {}
 
     def param_groups(self, student: Network) -> list[dict[str, Any]]:
         """Optimizer parameter groups: the student's and the method's own parameters, same settings."""
@@ -148,6 +261,64 @@ class Method(nn.Module):
         if own:
             groups.append({"params": own, "name": "method"})
         return groups
+
+
+# ---------------------------------------------------------------------------------------------- engine side
+# How the engine reaches the capabilities: each function dispatches on the mixin and gives the default otherwise.
+
+
+def bind_data(method: Method, train_size: int) -> None:
+    """:meth:`BindsData.bind_data` where the method has it; else nothing."""
+    if isinstance(method, BindsData):
+        method.bind_data(train_size)
+
+
+def epoch_start(method: Method, epoch: int, epochs: int) -> None:
+    """:meth:`StepHooks.on_epoch_start` where the method has it; else nothing."""
+    if isinstance(method, StepHooks):
+        method.on_epoch_start(epoch, epochs)
+
+
+def step_hook(method: Method, optimizer: torch.optim.Optimizer, step: int, total_steps: int) -> None:
+    """:meth:`StepHooks.before_step` where the method has it; else nothing."""
+    if isinstance(method, StepHooks):
+        method.before_step(optimizer, step, total_steps)
+
+
+def after_training(method: Method, student: Network, batches: TrainingItems) -> None:
+    """:meth:`CustomPredictor.after_training` where the method has it; else nothing."""
+    if isinstance(method, CustomPredictor):
+        method.after_training(student, batches)
+
+
+def extra_evaluations(method: Method) -> dict[str, Predict]:
+    """:meth:`CustomPredictor.extra_evaluations` where the method has it; else none."""
+    return method.extra_evaluations() if isinstance(method, CustomPredictor) else {}
+
+
+def describe_predictor(method: Method, final: bool) -> str:
+    """:meth:`CustomPredictor.describe_predictor` where the method has it; else ``"student logits"``."""
+    return method.describe_predictor(final) if isinstance(method, CustomPredictor) else "student logits"
+
+
+def final_predict_differs(method: Method) -> bool:
+    """``CustomPredictor.final_predict_differs`` where the method has it; else False."""
+    return bool(method.final_predict_differs) if isinstance(method, CustomPredictor) else False
+
+
+def reports_probe(method: Method) -> bool:
+    """``CustomPredictor.reports_probe`` where the method has it; else False."""
+    return bool(method.reports_probe) if isinstance(method, CustomPredictor) else False
+
+
+def method_extras(method: Method) -> dict[str, dict[str, Any]]:
+    """:meth:`RecordExtras.extras` where the method has it; else ``{}``."""
+    return method.extras() if isinstance(method, RecordExtras) else {}
+
+
+def report_hints(method: Method | type[Method]) -> dict[str, Any]:
+    """The method's :class:`ReportHints` as a record entry (``{}`` when it declares none)."""
+    return method.report_hints.as_record()
 
 
 def ce_term(batch: Batch, logits: torch.Tensor, weight: float) -> dict[str, torch.Tensor]:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdbench import distributed
-from kdbench.method import Batch, Method, Needs, ce_term, register_method
+from kdbench.method import Batch, BindsData, Method, Needs, RecordExtras, ce_term, register_method
 from kdbench.models import Network, Outputs
 from methods.feature_utils import NormalizedEmbed
 
@@ -71,7 +71,7 @@ class ContrastMemory(nn.Module):
 
 
 @register_method("crd")
-class CRD(Method):
+class CRD(BindsData, RecordExtras, Method):
     """Contrastive representation distillation with a momentum memory bank of negatives."""
 
     needs = Needs(labels=False, teacher=True, negatives=16384)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kdbench.method import Batch, Method, Needs, register_method
+from kdbench.method import Batch, Method, Needs, StepHooks, register_method
 from kdbench.models import Network, Outputs
 from methods.logit_utils import linear_warmup, standardize
 
@@ -38,7 +38,7 @@ def dkd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target
 
 
 @register_method("dkd")
-class DKD(Method):
+class DKD(StepHooks, Method):
     """Decoupled KD: target-class (TCKD) and non-target-class (NCKD) KL, weighted alpha and beta, warmed up."""
 
     needs = Needs(labels=True, teacher=True)

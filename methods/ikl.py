@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from kdbench import distributed
-from kdbench.method import Batch, Method, Needs, register_method
+from kdbench.method import Batch, Method, Needs, StepHooks, register_method
 from kdbench.models import Network, Outputs
 from methods.logit_utils import linear_warmup
 
@@ -37,7 +37,7 @@ def ikl_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, weight
 
 
 @register_method("ikl")
-class IKL(Method):
+class IKL(StepHooks, Method):
     """IKL-KD: weighted MSE of pairwise logit differences (class-wise weights) + soft-label CE, warmed up."""
 
     needs = Needs(labels=True, teacher=True)

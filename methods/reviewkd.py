@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdbench.method import Batch, Method, Needs, ce_term, register_method
+from kdbench.method import Batch, Method, Needs, StepHooks, ce_term, register_method
 from kdbench.models import Network, Outputs
 from methods.feature_utils import as_map, missing_preact, paired_stages
 from methods.logit_utils import linear_warmup
@@ -64,7 +64,7 @@ class ABF(nn.Module):
 
 
 @register_method("reviewkd")
-class ReviewKD(Method):
+class ReviewKD(StepHooks, Method):
     """Knowledge review: attention-based fusion of the student's stages, hierarchical context loss."""
 
     needs = Needs(labels=False, teacher=True)

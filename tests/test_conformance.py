@@ -10,7 +10,7 @@ import torch
 
 from kdbench.data.negatives import NegativeSampler
 from kdbench.engine import phases_of
-from kdbench.method import Batch, discover_methods
+from kdbench.method import Batch, bind_data, discover_methods
 from kdbench.models import create_network
 
 REGISTRY = discover_methods()
@@ -46,7 +46,7 @@ def _build(name: str, extra: dict | None = None):
         student = create_network("kdb_cnn_small", num_classes=4, in_chans=1)
     kwargs = {**{k: v for k, v in SMALL.items() if k in hyperparameters(cls)}, **(extra or {})}
     method = cls(student, teacher if cls.needs.teacher else None, num_classes=4, **kwargs)
-    method.bind_data(TRAIN_SIZE)
+    bind_data(method, TRAIN_SIZE)
     return cls, student, teacher, method
 
 

@@ -61,7 +61,7 @@ def _check_collectives(expected_world: int) -> None:
     assert (memory.memory_s != before).any(dim=1).nonzero().flatten().tolist() == [0, 1, 2, 3]
     # GenDD's distilled map: every rank fits from its shard's statistics summed over ranks, so every rank holds
     # the map fitted on all rows (shards of unequal size: 7 and 5 rows)
-    from methods.gendd.method import fit_linear_map
+    from methods.gendd.predictor import fit_linear_map
 
     generator = torch.Generator().manual_seed(3)
     z, y = torch.randn(12, 3, generator=generator), torch.randn(12, 2, generator=generator)

@@ -20,17 +20,8 @@ from methods.gendd.diffusion import (
 )
 from methods.gendd.flow import RectifiedFlow
 from methods.gendd.head import DiffusionHead, timestep_embedding
-from methods.gendd.method import (
-    apply_linear_map,
-    beta2_at,
-    contract,
-    feature_mixup,
-    fit_linear_map,
-    join_tokens,
-    linear_map_statistics,
-    one_step_x0,
-    split_tokens,
-)
+from methods.gendd.method import beta2_at, contract, feature_mixup, split_tokens
+from methods.gendd.predictor import apply_linear_map, fit_linear_map, linear_map_statistics, one_step_x0
 
 # ---------------------------------------------------------------------------------------------- schedule
 
@@ -168,7 +159,7 @@ def test_tokenization_round_trips_and_orders_tokens() -> None:
     for b in range(2):
         for i in range(3):
             assert torch.equal(tokens[b * 3 + i], feature[b, 64 * i: 64 * i + 64])
-    assert torch.equal(join_tokens(tokens, 2), feature)
+    assert torch.equal(tokens.reshape(2, -1), feature), "the tokens of an item are its feature, in order"
     assert torch.equal(split_tokens(feature, 192), feature), "token_dim = D is the whole-vector head"
     with pytest.raises(ValueError, match="multiple"):
         split_tokens(feature, 100)
@@ -399,3 +390,15 @@ def _batch(x):
     from kdbench.method import Batch
 
     return Batch(x, None, torch.arange(len(x)))
+
+
+def test_gendd_names_moved_to_the_predictor_module_still_import_from_method() -> None:
+    """The prediction side lives in methods/gendd/predictor.py; its public names are re-exported by method.py."""
+    import methods.gendd.method as method
+    import methods.gendd.predictor as predictor
+    from methods.gendd import GenDD
+
+    for name in ("Sampling", "SAMPLERS", "PREDICTORS", "sweep_name", "one_step_x0", "linear_map_statistics",
+                 "fit_linear_map", "apply_linear_map"):
+        assert getattr(method, name) is getattr(predictor, name)
+    assert GenDD is method.GenDD and issubclass(GenDD, predictor.GenDDPredictor)
