@@ -99,11 +99,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
                 lines.append(f"  {state:8} {run_dir.name}: job {jobs[run_dir].job_id} "
                              f"({slurm.slurm_state(jobs[run_dir])})")
             elif state == "failed":
-                record = store.load_result(run_dir) or {}
-                job = record.get("job") or {}
+                record = store.load_record(run_dir)
+                job = (record.job if record else None) or {}
                 where = f" job {job.get('job_id')} ({job.get('state')})" if job.get("job_id") else ""
-                lines.append(f"  failed   {run_dir.name}:{where} {record.get('error', '')}")
-                tail = [line for line in (record.get("log_tail") or "").splitlines() if line.strip()][-5:]
+                lines.append(f"  failed   {run_dir.name}:{where} {(record.error if record else '') or ''}")
+                tail = [line for line in ((record.log_tail if record else None) or "").splitlines()
+                        if line.strip()][-5:]
                 lines.extend(f"           | {line}" for line in tail)
             elif state == "lost":
                 job = jobs[run_dir]
@@ -122,11 +123,11 @@ def _run_state(run_dir: Path, job: Any = None) -> str:
     from kdbench import slurm
 
     try:
-        record = store.load_result(run_dir)
+        record = store.load_record(run_dir)
     except (OSError, ValueError):
         return "unreadable"
-    if record:
-        return str(record.get("state"))
+    if record is not None:
+        return record.state
     if store.is_locked(run_dir):
         return "running"
     if job is not None:

@@ -24,6 +24,7 @@ import submitit
 from tqdm import tqdm
 
 from kdbench import slurm, store
+from kdbench.store.record import Environment, Record
 from kdbench.suite import ExecutorSettings, Plan, spec_id
 
 
@@ -46,7 +47,6 @@ class RunTask(submitit.helpers.Checkpointable):
 
         torch.set_num_threads(self.threads)
         stop_with_parent()
-        processes = getattr(self, "processes", 1)  # a task pickled by an older kdbench (queued across an upgrade)
         if int(os.environ.get("SLURM_NTASKS", "1")) > 1:  # submitit started one task per GPU
             submitit.helpers.TorchDistributedEnvironment().export()
             distributed.init_from_env()
@@ -54,14 +54,15 @@ class RunTask(submitit.helpers.Checkpointable):
                 record = execute(Path(self.run_dir))
             finally:
                 distributed.shutdown()
-        elif processes > 1:
-            distributed.launch_local(_execute_rank, (self.run_dir, self.threads), processes)
-            record = store.result_or_empty(Path(self.run_dir)) or {"run_id": Path(self.run_dir).name, "state": "failed"}
+        elif self.processes > 1:
+            distributed.launch_local(_execute_rank, (self.run_dir, self.threads), self.processes)
+            record = store.load_record(Path(self.run_dir)) or Record(run_id=Path(self.run_dir).name, spec={},
+                                                                      state="failed", error="no record")
         else:
             record = execute(Path(self.run_dir))
-        if record["state"] == "failed" and getattr(self, "fail_job", False):
-            raise RunFailedError(f"run {record['run_id']} failed: {record.get('error', '')}")
-        return {"run_id": record["run_id"], "state": record["state"]}
+        if record.state == "failed" and self.fail_job:
+            raise RunFailedError(f"run {record.run_id} failed: {record.error or ''}")
+        return {"run_id": record.run_id, "state": record.state}
 
 
 def stop_with_parent() -> None:
@@ -113,16 +114,16 @@ def prepare(plan: Plan, results_root: Path) -> Path:
     store.atomic_write_json(root / store.SUITE, {
         "suite": plan.suite.to_dict(), "teachers": sorted(plan.teachers), "runs": sorted(plan.runs),
         "refused": plan.refused, "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    specs = {**plan.teachers, **plan.runs}
+    specs = plan.specs()
     for run_id, path in run_dirs(root, plan).items():
-        for line in check_run_files(path, specs[run_id]):
+        for line in check_run_files(path):
             say(f"{path}: {line}")
         if not (path / store.SPEC).exists():
-            store.atomic_write_json(path / store.SPEC, specs[run_id])
+            store.atomic_write_json(path / store.SPEC, specs[run_id].to_dict())
     return root
 
 
-def check_run_files(run_dir: Path, spec: dict[str, Any]) -> list[str]:
+def check_run_files(run_dir: Path) -> list[str]:
     """Set aside (never delete) what in a run folder cannot be trusted, and say so, one line each: a
     ``spec.json`` that is unreadable or no longer hashes to the folder's run id (it is written anew), and a
     ``result.json`` that is unreadable, invalid, or records another spec (the run is then redone)."""
@@ -140,7 +141,7 @@ def check_run_files(run_dir: Path, spec: dict[str, Any]) -> list[str]:
     line = store.set_aside_invalid_result(run_dir)
     if line:
         lines.append(f"{store.RESULT} {line}")
-    elif (record := store.load_result(run_dir)) is not None and spec_id(record["spec"]) != run_dir.name:
+    elif (record := store.load_record(run_dir)) is not None and spec_id(record.spec) != run_dir.name:
         moved = store.move_aside(run_dir / store.RESULT)
         lines.append(f"{store.RESULT} records a spec that does not hash to run id {run_dir.name}: moved aside to "
                      f"{moved.name}; the run is redone")
@@ -186,21 +187,22 @@ def _failed_record(run_dir: Path, reason: str, log_tail: str = "", job: dict[str
         spec = store.read_json(run_dir / store.SPEC)
     except store.StoreReadError as err:
         spec, reason = {}, f"{reason} ({err})"
-    store.atomic_write_json(run_dir / store.RESULT, {
-        "schema": store.SCHEMA, "run_id": run_dir.name, "spec": spec, "state": "failed", "error": reason,
-        "log_tail": log_tail[-4000:], "job": job or {}, "metrics": {}, "cost": {}, "env": environment("cpu"),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    store.write_record(run_dir, Record(
+        run_id=run_dir.name, spec=spec, state="failed", error=reason, log_tail=log_tail[-4000:], job=job or {},
+        env=Environment(environment("cpu")), finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z")))
 
 
-def _describe(record: dict[str, Any] | None) -> str:
-    if not record:
+def _describe(record: Record | None) -> str:
+    if record is None:
         return "no record"
-    spec, metrics = record.get("spec", {}), record.get("metrics") or {}
-    what = f"{spec.get('role', '?'):7} {spec.get('model', '?'):14} {spec.get('label', '?'):10} " \
-           f"{spec.get('regime', {}).get('name', '?'):10} seed {spec.get('seed', '?')}"
-    top1 = metrics.get("top1_last")
-    score = f"top1 {top1:6.2f}" if isinstance(top1, int | float) else record.get("error", "")[:80]
-    return f"{record.get('state', '?'):8} {what}  {score}"
+    try:
+        spec = record.run_spec()
+        what = f"{spec.role:7} {spec.model:14} {spec.label:10} {spec.regime.name:10} seed {spec.seed}"
+    except (KeyError, TypeError, ValueError):  # a failed record whose spec.json could not be read
+        what = "(no readable spec)"
+    top1 = record.metrics.top1_last
+    score = f"top1 {top1:6.2f}" if isinstance(top1, int | float) else (record.error or "")[:80]
+    return f"{record.state:8} {what}  {score}"
 
 
 class _Collector:
@@ -213,11 +215,13 @@ class _Collector:
 
     def teacher_problem(self, run_id: str) -> str | None:
         """Why a student cannot run: its teacher has no ``done`` record (None when it has one, or needs none)."""
-        teacher_id = self.plan.runs.get(run_id, {}).get("teacher_id")
+        spec = self.plan.runs.get(run_id)
+        teacher_id = spec.teacher_id if spec is not None else None
         if not teacher_id:
             return None
         try:
-            state = (store.load_result(self.dirs[teacher_id]) or {}).get("state")
+            teacher = store.load_record(self.dirs[teacher_id])
+            state = teacher.state if teacher is not None else None
         except store.StoreReadError as err:
             return f"teacher {teacher_id} has an invalid record ({err})"
         return None if state == "done" else f"teacher {teacher_id} ended in state '{state}'"
@@ -225,7 +229,7 @@ class _Collector:
     def finish(self, run_id: str, job: submitit.Job | None, reason: str | None = None) -> None:
         run_dir = self.dirs[run_id]
         try:
-            record = store.load_result(run_dir)
+            record = store.load_record(run_dir)
         except store.StoreReadError as err:
             store.move_aside(run_dir / store.RESULT)
             record, reason = None, reason or f"the job left an invalid record ({err.problem})"
@@ -240,8 +244,8 @@ class _Collector:
                 ending, why = slurm.job_ending(job, tail)
                 detail = f"{ending}: job {job.job_id if job else '?'} ended without a record; {why}"
             _failed_record(run_dir, detail, tail, {**job_info, **({"ending": ending} if ending else {})})
-            record = store.load_result(run_dir)
-        self.summary.states[run_id] = record["state"]
+            record = store.load_record(run_dir)
+        self.summary.states[run_id] = record.state
         self.bar.update(1)
         self.bar.write(_describe(record))
 
@@ -287,7 +291,7 @@ def _dispatch_local(plan: Plan, root: Path, settings: ExecutorSettings, queue: l
             for run_id in list(queue):
                 if len(running) >= workers:
                     break
-                teacher_id = plan.runs.get(run_id, {}).get("teacher_id")
+                teacher_id = plan.runs[run_id].teacher_id if run_id in plan.runs else None
                 if teacher_id:
                     if teacher_id in queue or teacher_id in running:
                         continue
@@ -438,7 +442,7 @@ def _dispatch_slurm(plan: Plan, root: Path, settings: ExecutorSettings, queue: l
     by_teacher: dict[str | None, list[str]] = {}
     for run_id in plan.runs:
         if run_id in queue and run_id not in jobs:
-            by_teacher.setdefault(plan.runs[run_id].get("teacher_id"), []).append(run_id)
+            by_teacher.setdefault(plan.runs[run_id].teacher_id, []).append(run_id)
     students: dict[str, submitit.Job] = {}
     for teacher_id, run_ids in by_teacher.items():
         dependency = None

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from kdbench.batch import Batch
 from kdbench.data.negatives import NegativeSampler
 from kdbench.data.sources import TensorData
-from kdbench.method import Batch
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:

@@ -112,7 +112,6 @@ class DataSource:
     """Base class of a dataset source. Subclasses take keyword parameters and implement ``load``."""
 
     description: str = ""
-    root_required: bool = False
     has_train_labels: bool = True  # False: a transfer set without labels (only the unlabeled regime applies)
 
     def check(self) -> None:
@@ -196,7 +195,6 @@ class FashionMNIST(DataSource):
     """
 
     description = "Fashion-MNIST, 28x28x1, 10 classes, read from the IDX files under `root`"
-    root_required = True
     FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
              "t10k-labels-idx1-ubyte")
 
@@ -306,7 +304,6 @@ class CIFAR100(DataSource):
     """
 
     description = "CIFAR-100, 32x32x3, 100 classes, torchvision's cifar-100-python pickles under `root`"
-    root_required = True
     LAYOUT = "<root>/cifar-100-python/{train,test,meta} (torchvision's CIFAR100 format)"
 
     def __init__(self, root: str | None = None, augment: bool = True, pad: int = 4) -> None:
@@ -347,7 +344,6 @@ class ImageFolderSource(DataSource):
     (``scale_min``, 1)) + flip for training, Resize(``resize``) + CenterCrop(``size``) for evaluation."""
 
     description = "labelled ImageFolder tree under `root` (train/ and val/), decoded from disk"
-    root_required = True
     folder_name = "image_folder"
     LAYOUT = "<root>/train/<class>/<image> and <root>/val/<class>/<image> (ImageFolder)"
 
@@ -419,7 +415,6 @@ class UnlabeledFolder(DataSource):
     Only the ``unlabeled`` regime applies, and every teacher must come from ``teacher.sources``."""
 
     description = "unlabeled images or tar shards under `root` to train on; labelled ImageFolder `eval_root` to test"
-    root_required = True
     has_train_labels = False
     LAYOUT = "<root>/**/<image> or <root>/*.tar (WebDataset shards), and <eval_root>/<class>/<image>"
 

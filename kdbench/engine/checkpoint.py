@@ -1,9 +1,16 @@
-"""Epoch checkpoints: everything a killed run needs to resume and end with the same numbers."""
+"""Epoch checkpoints: everything a killed run needs to resume and end with the same numbers.
+
+A checkpoint file is a plain mapping of tensors and numbers (``torch.load(weights_only=True)`` reads it); in
+the engine it is a typed :class:`ResumePoint` (or :class:`BestPoint`), converted at the file boundary only.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,29 +27,92 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@dataclass(frozen=True)
+class NumpyRng:
+    """numpy's legacy global RNG state, with its key array as a tensor (``weights_only`` loads it)."""
+
+    kind: str
+    keys: torch.Tensor
+    pos: int
+    has_gauss: int
+    cached: float
+
+
 def rng_state() -> dict[str, Any]:
-    """The global RNG states, in types that ``torch.load(weights_only=True)`` accepts."""
+    """The global RNG states (python, numpy, torch, CUDA when present), in types that
+    ``torch.load(weights_only=True)`` accepts."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached": float(cached)},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+    numpy_rng = NumpyRng(kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))
+    cuda = {"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {}
+    return {"python": random.getstate(), "numpy": dataclasses.asdict(numpy_rng), "torch": torch.get_rng_state(),
+            **cuda}
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: Mapping[str, Any]) -> None:
     """Restore what :func:`rng_state` captured."""
-    version, internal, gauss = state["python"]
+    version, internal, gauss = state.get("python")
     random.setstate((version, tuple(internal), gauss))
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    n = NumpyRng(**state.get("numpy"))
+    np.random.set_state((n.kind, n.keys.numpy().astype(np.uint32), n.pos, n.has_gauss, n.cached))
+    torch.set_rng_state(state.get("torch"))
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state.get("cuda"))
+
+
+def _fields_of(cls: type, state: Any, optional: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The values of ``cls``'s fields in a loaded checkpoint mapping; ValueError naming what it lacks."""
+    if not isinstance(state, Mapping):
+        raise ValueError(f"holds a {type(state).__name__}, not a checkpoint mapping")
+    names = [f.name for f in dataclasses.fields(cls)]
+    missing = [n for n in names if n not in state and n not in optional]
+    if missing:
+        raise ValueError(f"no {', '.join(missing)}")
+    return {n: state.get(n) for n in names if n in state}
+
+
+@dataclass
+class ResumePoint:
+    """The end of one epoch of one phase: modules, optimizer, schedule, RNG and the history so far."""
+
+    phase: int
+    epoch: int
+    student: dict[str, Any]
+    method: dict[str, Any]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    rng: dict[str, Any]
+    history: list[dict[str, Any]]
+    resumes: list[dict[str, Any]] = field(default_factory=list)
+    spikes: list[float] = field(default_factory=list)
+
+    @classmethod
+    def from_state(cls, state: Any) -> ResumePoint:
+        """From a loaded checkpoint mapping; ValueError naming what it lacks."""
+        point = cls(**_fields_of(cls, state, optional=("resumes", "spikes")))
+        return dataclasses.replace(point, phase=int(point.phase), epoch=int(point.epoch),
+                                   resumes=list(point.resumes or []), spikes=list(point.spikes or []))
+
+    def to_state(self) -> dict[str, Any]:
+        """The mapping saved to the file (no copies of the tensors)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+@dataclass
+class BestPoint:
+    """The modules at the epoch with the best per-epoch top-1 (for methods whose final prediction differs)."""
+
+    epoch: int
+    student: dict[str, Any]
+    method: dict[str, Any]
+
+    @classmethod
+    def from_state(cls, state: Any) -> BestPoint:
+        """From a loaded checkpoint mapping; ValueError naming what it lacks."""
+        return cls(**_fields_of(cls, state))
+
+    def to_state(self) -> dict[str, Any]:
+        """The mapping saved to the file."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:

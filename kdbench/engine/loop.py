@@ -8,7 +8,7 @@ import math
 import statistics
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,10 +17,20 @@ import torch
 
 from kdbench import distributed
 from kdbench.data import RegimeData, TensorData, eval_batches, train_batches
-from kdbench.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from kdbench.engine.recipe import build_optimizer, build_scheduler, steps_per_epoch
-from kdbench.method import LossFn, Method
+from kdbench.engine.checkpoint import BestPoint, ResumePoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from kdbench.engine.recipe import as_train_config, build_optimizer, build_scheduler, steps_per_epoch
+from kdbench.method import (
+    LossFn,
+    Method,
+    after_training,
+    epoch_start,
+    extra_evaluations,
+    final_predict_differs,
+    reports_probe,
+    step_hook,
+)
 from kdbench.models import Network, Outputs
+from kdbench.spec import TrainConfig
 from kdbench.store import atomic_write_jsonl, move_aside
 
 CHECKPOINT = "checkpoint.pt"
@@ -41,10 +51,9 @@ class Evaluation:
     probe_top1: float | None = None
 
     def as_metrics(self) -> dict[str, float]:
-        out = {"top1": self.top1, "top5": self.top5, **{f"top1_{g}": v for g, v in self.groups.items()}}
-        if self.probe_top1 is not None:
-            out["top1_probe"] = self.probe_top1
-        return out
+        """The evaluation as named metrics (``top1``, ``top5``, ``top1_<group>``, ``top1_probe``)."""
+        probe = {"top1_probe": self.probe_top1} if self.probe_top1 is not None else {}
+        return {"top1": self.top1, "top5": self.top5, **{f"top1_{g}": v for g, v in self.groups.items()}, **probe}
 
 
 @dataclass(frozen=True)
@@ -56,12 +65,13 @@ class Precision:
     channels_last: bool = False
 
     @classmethod
-    def resolve(cls, runtime: dict[str, Any] | None, device: torch.device) -> Precision:
-        """``auto`` means on for CUDA devices, off elsewhere."""
-        runtime = runtime or {}
+    def resolve(cls, runtime: Any, device: torch.device) -> Precision:
+        """From a run spec's :class:`~kdbench.store.runspec.Runtime` (or a mapping of the same names, or None);
+        ``auto`` means on for CUDA devices, off elsewhere."""
 
         def choice(name: str) -> bool:
-            value = runtime.get(name, "auto")
+            value = (runtime.get(name, "auto") if isinstance(runtime, Mapping)
+                     else getattr(runtime, name, "auto"))
             return device.type == "cuda" if value == "auto" else value == "on"
 
         return cls(amp=choice("amp"), channels_last=choice("channels_last"))
@@ -120,7 +130,7 @@ class Phase:
     """One phase of a run: a method's extra stage or its main training, with its own optimizer settings."""
 
     name: str
-    recipe: dict[str, Any]
+    recipe: TrainConfig
     losses: LossFn
     predict: Predict
     param_groups: Callable[[Network], list[dict[str, Any]]]
@@ -128,10 +138,11 @@ class Phase:
     student_train_mode: bool = True
 
 
-def phases_of(method: Method, recipe: dict[str, Any], labeled: bool = True) -> list[Phase]:
+def phases_of(method: Method, recipe: TrainConfig | Mapping[str, Any], labeled: bool = True) -> list[Phase]:
     """The method's stages (each with the run recipe updated by its own settings), then the main phase."""
-    phases = [Phase(stage.name, {**recipe, **stage.recipe, "epochs": stage.epochs}, stage.losses, stage.predict,
-                    stage.param_groups, student_train_mode=stage.student_train_mode)
+    recipe = as_train_config(recipe)
+    phases = [Phase(stage.name, as_train_config({**dataclasses.asdict(recipe), **stage.recipe, "epochs": stage.epochs}),
+                    stage.losses, stage.predict, stage.param_groups, student_train_mode=stage.student_train_mode)
               for stage in method.stages(recipe, labeled=labeled)]
     phases.append(Phase("main", recipe, method.losses, method.predict, method.param_groups, main=True))
     return phases
@@ -160,7 +171,7 @@ class TrainState:
     train: TensorData
     regime: RegimeData
     test: TensorData
-    recipe: dict[str, Any]
+    recipe: TrainConfig
     eval_batch_size: int
     seed: int
     device: torch.device
@@ -169,6 +180,7 @@ class TrainState:
     log: Callable[[str], None] = print
     spikes: SpikeCounter = field(default_factory=SpikeCounter)
     precision: Precision = Precision()
+    batchnorm: str = "broadcast"  # BatchNorm statistics across data-parallel ranks: broadcast | sync | local
 
 
 @dataclass
@@ -199,9 +211,9 @@ def _train_epoch(ts: TrainState, phase: Phase, optimizer: torch.optim.Optimizer,
     done = 0
     grad_norm_max = 0.0
     spikes = nonfinite_grads = 0
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    clip = phase.recipe["grad_clip"]
-    for batch in train_batches(ts.train, ts.regime.indices, phase.recipe["batch_size"], labeled=ts.regime.labeled,
+    params = [p for g in optimizer.param_groups for p in g.get("params")]
+    clip = phase.recipe.grad_clip
+    for batch in train_batches(ts.train, ts.regime.indices, phase.recipe.batch_size, labeled=ts.regime.labeled,
                                seed=ts.seed, epoch=epoch, device=ts.device, negatives=needs.negatives):
         if ts.precision.channels_last:
             batch = dataclasses.replace(batch, x=ts.precision.input(batch.x))
@@ -217,8 +229,8 @@ def _train_epoch(ts: TrainState, phase: Phase, optimizer: torch.optim.Optimizer,
         value = distributed.mean_across(float(loss.detach()))  # every rank takes the same divergence decision
         if not math.isfinite(value):
             return {}, f"non-finite loss {value} at step {done + 1}"
-        if value > phase.recipe["diverge_above"]:
-            return {}, f"loss {value:.4g} at step {done + 1} above the bound {phase.recipe['diverge_above']:g}"
+        if value > phase.recipe.diverge_above:
+            return {}, f"loss {value:.4g} at step {done + 1} above the bound {phase.recipe.diverge_above:g}"
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         distributed.average_gradients(params)
@@ -233,7 +245,7 @@ def _train_epoch(ts: TrainState, phase: Phase, optimizer: torch.optim.Optimizer,
             nonfinite_grads += 1
         spikes += ts.spikes.observe(value)
         if phase.main:
-            ts.method.before_step(optimizer, epoch * steps + done, phase.recipe["epochs"] * steps)
+            step_hook(ts.method, optimizer, epoch * steps + done, phase.recipe.epochs * steps)
         optimizer.step()
         scheduler.step()
         if names is None:
@@ -253,7 +265,7 @@ def _eval(ts: TrainState, phase: Phase, final: bool = False, data: TensorData | 
     predict = (lambda x, out: phase.predict(x, out, final=True)) if final else phase.predict
     return evaluate(ts.student, predict, ts.test if data is None else data, ts.eval_batch_size,
                     ts.regime.groups if data is None else None, ts.device,
-                    probe=phase.main and ts.method.reports_probe and ts.regime.labeled and data is None,
+                    probe=phase.main and reports_probe(ts.method) and ts.regime.labeled and data is None,
                     precision=ts.precision)
 
 
@@ -261,10 +273,7 @@ def _state(ts: TrainState) -> dict[str, Any]:
     return {"student": ts.student.state_dict(), "method": ts.method.state_dict()}
 
 
-_RESUME_KEYS = ("student", "method", "rng", "history", "phase", "epoch", "optimizer", "scheduler")
-
-
-def _resume_point(ts: TrainState, path: Path, num_phases: int) -> tuple[dict[str, Any] | None,
+def _resume_point(ts: TrainState, path: Path, num_phases: int) -> tuple[ResumePoint | None,
                                                                          dict[str, Any] | None]:
     """The checkpoint to resume from, already applied to the student, the method and the RNG; or, when the file
     cannot be used (truncated, garbled, another run's shapes), ``(None, restart)``: the file is moved aside (kept),
@@ -275,15 +284,12 @@ def _resume_point(ts: TrainState, path: Path, num_phases: int) -> tuple[dict[str
     before = [copy.deepcopy(m.state_dict()) for m in modules]
     rng_before = rng_state()
     try:
-        resume = load_checkpoint(path)
-        missing = [k for k in _RESUME_KEYS if not isinstance(resume, dict) or k not in resume]
-        if missing:
-            raise ValueError(f"no {', '.join(missing)}")
-        if not 0 <= int(resume["phase"]) < num_phases:
-            raise ValueError(f"phase {resume['phase']} of a run with {num_phases} phase(s)")
-        ts.student.load_state_dict(resume["student"])
-        ts.method.load_state_dict(resume["method"])
-        set_rng_state(resume["rng"])
+        resume = ResumePoint.from_state(load_checkpoint(path))
+        if not 0 <= resume.phase < num_phases:
+            raise ValueError(f"phase {resume.phase} of a run with {num_phases} phase(s)")
+        ts.student.load_state_dict(resume.student)
+        ts.method.load_state_dict(resume.method)
+        set_rng_state(resume.rng)
         return resume, None
     except Exception as err:  # any failure to read or apply it: torch, pickle, zip, shapes, keys
         for module, state in zip(modules, before, strict=True):
@@ -302,6 +308,7 @@ def fit(ts: TrainState) -> FitOutcome:
     every epoch; then, for methods whose final prediction differs, evaluate the last and best epochs with it."""
     ckpt_path, best_path, metrics_path = ts.run_dir / CHECKPOINT, ts.run_dir / BEST, ts.run_dir / METRICS
     phases = phases_of(ts.method, ts.recipe, ts.regime.labeled)
+    main = distributed.is_main()  # under data-parallel training only rank 0 writes
     history: list[dict[str, Any]] = []
     resumes: list[dict[str, Any]] = []
     start_phase = 0
@@ -309,29 +316,28 @@ def fit(ts: TrainState) -> FitOutcome:
     if restart:
         resumes = [restart]
     if resume:
-        history, start_phase = list(resume["history"]), int(resume["phase"])
-        resumes = [*resume.get("resumes", []), {"phase": phases[start_phase].name, "epoch": int(resume["epoch"])}]
-        ts.log(f"resumed from {phases[start_phase].name} epoch {resume['epoch']} ({ckpt_path})")
-    main = distributed.is_main()  # under data-parallel training only rank 0 writes
+        history, start_phase = list(resume.history), resume.phase
+        resumes = [*resume.resumes, {"phase": phases[start_phase].name, "epoch": resume.epoch}]
+        ts.log(f"resumed from {phases[start_phase].name} epoch {resume.epoch} ({ckpt_path})")
     if main:
         atomic_write_jsonl(metrics_path, history)  # drop lines written after the checkpoint we resume from
     for index in range(start_phase, len(phases)):
         phase = phases[index]
-        phase_steps = steps_per_epoch(len(ts.regime.indices), phase.recipe["batch_size"])
+        phase_steps = steps_per_epoch(len(ts.regime.indices), phase.recipe.batch_size)
         optimizer = build_optimizer(phase.param_groups(ts.student), phase.recipe)
         scheduler = build_scheduler(optimizer, phase.recipe, phase_steps)
         start = 0
         ts.spikes = SpikeCounter()  # a new phase's loss level is not a spike
         if resume and index == start_phase:
-            optimizer.load_state_dict(resume["optimizer"])
-            scheduler.load_state_dict(resume["scheduler"])
-            start = int(resume["epoch"])
-            ts.spikes.recent.extend(resume.get("spikes", []))
-        epochs = phase.recipe["epochs"]
+            optimizer.load_state_dict(resume.optimizer)
+            scheduler.load_state_dict(resume.scheduler)
+            start = resume.epoch
+            ts.spikes.recent.extend(resume.spikes)
+        epochs = phase.recipe.epochs
         for epoch in range(start, epochs):
             if phase.main:
-                ts.method.on_epoch_start(epoch, epochs)
-            lr = optimizer.param_groups[0]["lr"]
+                epoch_start(ts.method, epoch, epochs)
+            lr = scheduler.get_last_lr()[0]
             began = time.perf_counter()
             train_metrics, diverged = _train_epoch(ts, phase, optimizer, scheduler, epoch, phase_steps)
             if diverged:
@@ -340,40 +346,42 @@ def fit(ts: TrainState) -> FitOutcome:
                                   reason=diverged, nonfinite_loss=diverged.startswith("non-finite"),
                                   resumes=resumes)
             train_seconds = time.perf_counter() - began
+            if ts.batchnorm != "local":  # one model on every rank: rank 0's BatchNorm statistics
+                distributed.broadcast_batchnorm(ts.student, ts.method)
             result = _eval(ts, phase)
-            best_so_far = max((h["top1"] for h in history if h["phase"] == "main"), default=-1.0)
+            best_so_far = max((h.get("top1") for h in history if h.get("phase") == "main"), default=-1.0)
             if ts.val is not None:
                 result_val = _eval(ts, phase, data=ts.val)
                 train_metrics = {**train_metrics, "val_top1": result_val.top1}
             line = {"phase": phase.name, "epoch": epoch + 1, "lr": lr, **train_metrics, **result.as_metrics(),
                     "train_seconds": train_seconds, "eval_seconds": time.perf_counter() - began - train_seconds}
             history.append(line)
-            if main and phase.main and ts.method.final_predict_differs and result.top1 > best_so_far:
-                save_checkpoint(best_path, {"epoch": epoch + 1, **_state(ts)})
+            if main and phase.main and final_predict_differs(ts.method) and result.top1 > best_so_far:
+                save_checkpoint(best_path, BestPoint(epoch + 1, **_state(ts)).to_state())
             if main:
                 atomic_write_jsonl(metrics_path, history)
-                save_checkpoint(ckpt_path, {"phase": index, "epoch": epoch + 1, **_state(ts),
-                                            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                            "rng": rng_state(), "history": history, "resumes": resumes,
-                                            "spikes": list(ts.spikes.recent)})
+                point = ResumePoint(phase=index, epoch=epoch + 1, **_state(ts), optimizer=optimizer.state_dict(),
+                                    scheduler=scheduler.state_dict(), rng=rng_state(), history=history,
+                                    resumes=resumes, spikes=list(ts.spikes.recent))
+                save_checkpoint(ckpt_path, point.to_state())
             ts.log(f"{phase.name} epoch {epoch + 1:>3}/{epochs}  loss {line.get('train_loss', float('nan')):.4f}  "
                    f"top1 {result.top1:6.2f}  lr {lr:.3g}  {train_seconds:.2f}s")
     outcome = FitOutcome("done", history, resumes=resumes)
-    ts.method.after_training(ts.student, lambda: eval_batches(ts.train.subset(ts.regime.indices), ts.eval_batch_size,
+    after_training(ts.method, ts.student, lambda: eval_batches(ts.train.subset(ts.regime.indices), ts.eval_batch_size,
                                                               ts.device))
-    for name, predict in ts.method.extra_evaluations().items():  # on the last epoch's model
+    for name, predict in extra_evaluations(ts.method).items():  # on the last epoch's model
         ts.method.eval()
         outcome.extra[name] = evaluate(ts.student, predict, ts.test, ts.eval_batch_size, ts.regime.groups,
                                        ts.device, precision=ts.precision)
         ts.log(f"extra evaluation {name}: top1 {outcome.extra[name].top1:.2f}")
-    if ts.method.final_predict_differs:
+    if final_predict_differs(ts.method):
         last_phase = phases[-1]
-        outcome.final["last"] = _eval(ts, last_phase, final=True)
+        last = _eval(ts, last_phase, final=True)
         distributed.barrier()  # rank 0 wrote the best checkpoint
-        best = load_checkpoint(best_path)
-        ts.student.load_state_dict(best["student"])
-        ts.method.load_state_dict(best["method"])
-        outcome.final["best"] = _eval(ts, last_phase, final=True)
-        ts.log(f"final evaluation: last {outcome.final['last'].top1:.2f}, best (epoch {best['epoch']}) "
-               f"{outcome.final['best'].top1:.2f}")
+        best = BestPoint.from_state(load_checkpoint(best_path))
+        ts.student.load_state_dict(best.student)
+        ts.method.load_state_dict(best.method)
+        outcome.final.update(last=last, best=_eval(ts, last_phase, final=True))
+        ts.log(f"final evaluation: last {last.top1:.2f}, best (epoch {best.epoch}) "
+               f"{outcome.final.get('best').top1:.2f}")
     return outcome

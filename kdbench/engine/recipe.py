@@ -1,42 +1,59 @@
-"""Optimizers and per-step learning-rate schedules built from a suite's recipe."""
+"""Optimizers and per-step learning-rate schedules built from a run's :class:`~kdbench.spec.TrainConfig`."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
+from kdbench.spec import TrainConfig
 
-def build_optimizer(param_groups: list[dict[str, Any]], recipe: dict[str, Any]) -> torch.optim.Optimizer:
-    """SGD (momentum, nesterov) or AdamW over the method's parameter groups.
+
+def as_train_config(recipe: TrainConfig | Mapping[str, Any]) -> TrainConfig:
+    """``recipe`` as a :class:`TrainConfig`: itself, or built from a mapping of its field names (lists become
+    tuples; names it lacks take their defaults). Unknown names raise ValueError."""
+    if isinstance(recipe, TrainConfig):
+        return recipe
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(recipe) - names)
+    if unknown:
+        raise ValueError(f"unknown training setting(s): {', '.join(unknown)}")
+    return TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in recipe.items()})
+
+
+def build_optimizer(param_groups: list[dict[str, Any]],
+                    recipe: TrainConfig | Mapping[str, Any]) -> torch.optim.Optimizer:
+    """SGD (momentum, nesterov) or AdamW over the method's parameter groups (torch's group mappings).
 
     A group may carry its own ``weight_decay`` (e.g. 0 for a diffusion head); others get the recipe's.
     """
-    groups = [dict(g) for g in param_groups if g["params"]]
-    for group in groups:
-        group.setdefault("weight_decay", recipe["weight_decay"])
-    if recipe["optimizer"] == "sgd":
-        return torch.optim.SGD(groups, lr=recipe["lr"], momentum=recipe["momentum"], nesterov=recipe["nesterov"])
-    if recipe["optimizer"] == "adamw":
-        return torch.optim.AdamW(groups, lr=recipe["lr"], betas=tuple(recipe["betas"]))
-    raise ValueError(f"unknown optimizer '{recipe['optimizer']}'")
+    recipe = as_train_config(recipe)
+    groups = [{"weight_decay": recipe.weight_decay, **g} for g in param_groups if g.get("params")]
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov)
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=recipe.lr, betas=tuple(recipe.betas))
+    raise ValueError(f"unknown optimizer '{recipe.optimizer}'")
 
 
 class LRFactor:
     """Multiplier of the base learning rate at optimizer step ``step`` (linear warm-up, then the schedule)."""
 
-    def __init__(self, recipe: dict[str, Any], steps_per_epoch: int) -> None:
-        self.kind = recipe["schedule"]
+    def __init__(self, recipe: TrainConfig | Mapping[str, Any], steps_per_epoch: int) -> None:
+        recipe = as_train_config(recipe)
+        self.kind = recipe.schedule
         self.steps_per_epoch = max(1, steps_per_epoch)
-        self.total = recipe["epochs"] * self.steps_per_epoch
-        self.warmup = recipe["warmup_epochs"] * self.steps_per_epoch
-        self.milestones = [m * self.steps_per_epoch for m in recipe["milestones"]]
-        self.decay = recipe["lr_decay"]
-        self.floor = recipe["min_lr"] / recipe["lr"]
+        self.total = recipe.epochs * self.steps_per_epoch
+        self.warmup = recipe.warmup_epochs * self.steps_per_epoch
+        self.milestones = [m * self.steps_per_epoch for m in recipe.milestones]
+        self.decay = recipe.lr_decay
+        self.floor = recipe.min_lr / recipe.lr
         # GenDD's CIFAR quirk (off by default): the warm-up's last per-epoch value, (W-1)/W, held until a decay
-        warm_epochs = recipe["warmup_epochs"]
-        self.hold = (warm_epochs - 1) / warm_epochs if recipe.get("warmup_hold") and warm_epochs else None
+        warm_epochs = recipe.warmup_epochs
+        self.hold = (warm_epochs - 1) / warm_epochs if recipe.warmup_hold and warm_epochs else None
 
     def __call__(self, step: int) -> float:
         if step < self.warmup:
@@ -51,7 +68,7 @@ class LRFactor:
         return 1.0
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, recipe: dict[str, Any],
+def build_scheduler(optimizer: torch.optim.Optimizer, recipe: TrainConfig | Mapping[str, Any],
                     steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
     """A per-step scheduler (call ``step()`` after every optimizer step)."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, LRFactor(recipe, steps_per_epoch))
