@@ -133,12 +133,12 @@ def test_empty_folder_reports_nothing_found(tmp_path: Path) -> None:
 
 
 def test_a_failing_plot_is_reported_not_fatal(results: Path, tmp_path: Path, monkeypatch, capsys) -> None:
-    from kdbench import plots
+    from kdbench.report import plots
 
     def broken(*args, **kwargs):
         raise ValueError("cannot draw")
 
-    monkeypatch.setattr(plots, "gendd_sampler_curves", broken)
+    monkeypatch.setattr(plots, "sampling_steps_curves", broken)
     from kdbench.report import write_outputs
 
     written = write_outputs(load_records(results), tmp_path / "out")
@@ -152,8 +152,8 @@ def _timed(top1: float, ms: float, ratio: float) -> dict:
 
 
 def test_prediction_variants_are_paired_by_seed_and_judged_against_the_authors_sampler(tmp_path: Path) -> None:
-    from kdbench.plots import write_plots
-    from kdbench.variants import variant_rows, variant_summary
+    from kdbench.report.plots import write_plots
+    from kdbench.report.variants import variant_rows, variant_summary
 
     suite = tmp_path / "fast"
     for seed, own, flow in ((0, 90.0, 88.0), (1, 92.0, 91.0)):

@@ -1,7 +1,7 @@
-"""``python -m kdbench.report``: see :func:`kdbench.report.main`."""
+"""``python -m kdbench.report``: see :func:`kdbench.report.cli.main`."""
 
 import sys
 
-from kdbench.report import main
+from kdbench.report.cli import main
 
 sys.exit(main())

@@ -47,13 +47,17 @@ def label_for(text: str) -> str:
     return "tab:" + (re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "table")
 
 
+def _row(cells: Sequence[object]) -> str:
+    return " & ".join(escape(c) for c in cells) + r" \\"
+
+
 def latex_table(table: TableLike, caption: str, label: str) -> str:
     """One booktabs table: caption and label above, first column left, the others right, scaled to the line."""
     spec = "l" + "r" * (len(table.headers) - 1)
     lines = [r"\begin{table}[htbp]", r"\centering\small", rf"\caption{{{escape(caption)}}}", rf"\label{{{label}}}",
              r"\resizebox{\linewidth}{!}{%", rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
-             " & ".join(escape(h) for h in table.headers) + r" \\", r"\midrule"]
-    lines += [" & ".join(escape(c) for c in row) + r" \\" for row in table.rows]
+             _row(table.headers), r"\midrule"]
+    lines += [_row(row) for row in table.rows]
     lines += [r"\bottomrule", r"\end{tabular}}", r"\end{table}"]
     return "\n".join(lines)
 
