@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from kdbench import store
+from kdbench.method import Method, ReportHints, discover_methods, method_registry, register_method
 from kdbench.report import ReportOptions, load_records, render, write_outputs
 from kdbench.report.cli import main
 from kdbench.report.options import DEFAULT_BASELINE, DEFAULT_CONTROL
@@ -71,9 +72,26 @@ def _evaluation(top1: float, ms: float) -> dict:
 
 
 @pytest.fixture
-def results(tmp_path: Path) -> Path:
-    """FABRICATED: a method no module of the report knows (``newkd``) that records a predictor sweep and whose
-    labels sweep a parameter, beside two other labels, 3 seeds, with per-epoch metrics."""
+def newkd(monkeypatch: pytest.MonkeyPatch) -> type[Method]:
+    """A method no module of the report knows, registered for this test only, that declares where its records keep
+    its predictors' settings and how they read (its report hints)."""
+    discover_methods()
+    monkeypatch.setattr(method_registry, "_items", dict(method_registry._items))  # restored after the test
+
+    class NewKD(Method):
+        report_hints = ReportHints(label="NewKD", predictor_settings="sweep_settings", own_predictor_settings="sampler",
+                                   sweep_x="steps", sweep_series=("sampler", "samples", "cfg", "start_step"),
+                                   setting_text="{sampler} K={steps} x{samples} cfg {cfg:g} t{start_step}",
+                                   reference=True)
+
+    return register_method("newkd")(NewKD)
+
+
+@pytest.fixture
+def results(tmp_path: Path, newkd: type[Method]) -> Path:
+    """FABRICATED: a method no module of the report knows (``newkd``, registered with its report hints) that
+    records a predictor sweep and whose labels sweep a parameter, beside two other labels, 3 seeds, with per-epoch
+    metrics."""
     suite = tmp_path / "results" / "fab"
     runs = []
     for seed in range(3):

@@ -16,6 +16,7 @@ the plots. The report reads records only, once.
 
 The modules, in the order the data flows:
 
+- :mod:`~kdbench.report.hints`: what the report knows of a method: its declared report hints, looked up once;
 - :mod:`~kdbench.report.load`: every record, read once, as one frame (:class:`Records`);
 - :mod:`~kdbench.report.stats`: summaries, paired deltas, per cell and method statistics;
 - :mod:`~kdbench.report.variants` and :mod:`~kdbench.report.summary`: prediction variants, leaderboards;
@@ -37,7 +38,7 @@ from kdbench.report.text import TEXT_WIDTH, split_columns
 from kdbench.report.tidy import cell_stats, write_data_files
 
 LEGEND = legend()
-"""The legend under the tables, with the default baseline and control."""
+"""The legend under the tables, with the default baseline and control (and no method's declared examples)."""
 
 __all__ = ("CELL", "DEFAULT_BASELINE", "DEFAULT_CONTROL", "LEGEND", "TEXT_WIDTH", "Analysis", "MethodStats",
            "PairedDelta", "Records", "ReportOptions", "Summary", "Table", "analyse", "cell_methods", "cell_stats",

@@ -5,7 +5,8 @@ and the only one that knows their layout; every table, statistic and plot works 
 columns: its spec (method, label, model, student, teacher, dataset, regime, seed, epochs, ``param_*`` for its
 scalar method parameters, ``recipe_*``), its state and error, stability, metrics, cost, ``env_*``, the predictors it
 was evaluated with, and, for a run whose method evaluated other predictors of the trained model at the end
-(``extra_evaluations``), one ``eval/<variant>/<field>`` column per value of each (see :func:`evaluation_column`).
+(``extra_evaluations``), one ``eval/<variant>/<field>`` column per value of each (see :func:`evaluation_column`),
+with the settings the method's report hints point to (:mod:`~kdbench.report.hints`, looked up once here).
 """
 
 from __future__ import annotations
@@ -19,12 +20,11 @@ from typing import Any
 import pandas as pd
 
 from kdbench import store
+from kdbench.report.hints import Hints, lookup
 
 EVAL_PREFIX = "eval/"
 SETTING = "setting."  # a field of a variant's settings: ``eval/<variant>/setting.<key>``
 OWN = "own prediction"  # the variant name of a run's own final prediction
-VARIANT_SETTINGS = "sweep_settings"  # diagnostics entry: each extra evaluation's settings (a flat mapping)
-OWN_SETTINGS = "sampler"  # diagnostics entry: the settings of the run's own final predictor
 
 
 @dataclass
@@ -37,6 +37,7 @@ class Records:
     stale: list[tuple[str, str, str]] = field(default_factory=list)  # (suite, run id, label): not in the plan
     dropped: list[tuple[str, str]] = field(default_factory=list)  # (path, problem): invalid values left out
     set_aside: list[str] = field(default_factory=list)  # invalid records `run` moved aside (and redid)
+    hints: Hints | None = None  # the report hints of the frame's methods, looked up once (None: not yet)
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:
@@ -112,16 +113,19 @@ def evaluation_column(variant: str, name: str) -> str:
     return f"{EVAL_PREFIX}{variant}/{name}"
 
 
-def evaluation_values(record: Mapping[str, Any]) -> dict[str, Any]:
+def evaluation_values(record: Mapping[str, Any], hints: Hints | None = None) -> dict[str, Any]:
     """The ``eval/`` columns of one record: every number of each extra evaluation and every scalar of its
-    settings, and the settings of the run's own prediction (variant :data:`OWN`); ``{}`` without extra
-    evaluations."""
+    settings, and the settings of the run's own prediction (variant :data:`OWN`), where the record's method
+    declares the diagnostics entries that hold them (``hints``: the report's, by method name; the method's
+    ``predictor_settings`` and ``own_predictor_settings``); ``{}`` without extra evaluations."""
     evaluations = _mapping(record.get("extra_evaluations"))
     if not evaluations:
         return {}
+    declared = (hints or Hints()).of(_mapping(record.get("spec")).get("method"))
     diagnostics = _mapping(record.get("diagnostics"))
-    settings = _mapping(diagnostics.get(VARIANT_SETTINGS))
-    out = {evaluation_column(OWN, SETTING + k): v for k, v in _scalars(diagnostics.get(OWN_SETTINGS), SCALAR).items()}
+    settings = _mapping(diagnostics.get(declared.predictor_settings)) if declared.predictor_settings else {}
+    own = diagnostics.get(declared.own_predictor_settings) if declared.own_predictor_settings else None
+    out = {evaluation_column(OWN, SETTING + k): v for k, v in _scalars(own, SCALAR).items()}
     for name, result in evaluations.items():
         values = {**_scalars(result), **_scalars(settings.get(name), SCALAR, SETTING)}
         out.update({evaluation_column(str(name), k): v for k, v in values.items()})
@@ -177,7 +181,7 @@ def load_records(root: Path, include_stale: bool = False) -> Records:
     root = Path(root)
     problems: list[tuple[str, str]] = []
     plans, missing = _plans(root, problems)
-    rows, evaluations, stale, dropped = [], [], [], []
+    rows, kept, stale, dropped = [], [], [], []
     for scanned in store.scan_results(root):
         if scanned.record is None:
             problems.append((str(scanned.path), scanned.problem or "unreadable"))
@@ -190,9 +194,11 @@ def load_records(root: Path, include_stale: bool = False) -> Records:
             if not include_stale:
                 continue
         rows.append(run_row(scanned.record, scanned.path))
-        evaluations.append(evaluation_values(scanned.record))
+        kept.append(scanned.record)
+    hints = lookup(row.get("method") for row in rows)  # once per report, each method name once
+    evaluations = [evaluation_values(record, hints) for record in kept]
     frame = pd.DataFrame(rows)
     if any(evaluations):  # object columns: a setting keeps its JSON type (an int stays an int)
         frame = pd.concat([frame, pd.DataFrame(evaluations, index=frame.index, dtype=object)], axis=1)
     set_aside = sorted(str(p) for p in root.rglob(f"{store.RESULT}.corrupt-*"))
-    return Records(frame, problems, missing, stale, dropped, set_aside)
+    return Records(frame, problems, missing, stale, dropped, set_aside, hints)

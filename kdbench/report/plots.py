@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from kdbench import store
+from kdbench.report.hints import Hints, hints_of
 from kdbench.report.load import Records
 from kdbench.report.plotstyle import cell_title, method_color, plt, save, slug, teacher_line
 from kdbench.report.predictor_plots import parameter_curve, prediction_variants, sampling_steps_curves, swept_parameters
@@ -98,12 +99,15 @@ def teacher_top1(frame: pd.DataFrame, cell: pd.DataFrame) -> float | None:
 Job = tuple[Callable[..., Path | list[Path] | None], tuple]
 
 
-def write_plots(records: Records, out: Path, variants: Sequence[VariantStats] | None = None) -> list[Path]:
+def write_plots(records: Records, out: Path, variants: Sequence[VariantStats] | None = None,
+                hints: Hints | None = None) -> list[Path]:
     """Every plot the records allow, under ``out/plots``; a plot that cannot be drawn is named on stderr and
-    left out. ``variants``: the frame's :func:`~kdbench.report.variants.variant_stats`, when already computed."""
+    left out. ``variants``: the frame's :func:`~kdbench.report.variants.variant_stats`, when already computed;
+    ``hints``: the report hints of the records' methods (the records' own when not given)."""
     frame = records.frame
     if frame.empty or "role" not in frame:
         return []
+    hints = hints_of(frame, hints or records.hints)
     folder = out / "plots"
     students = frame[frame.role == "student"]
     jobs: list[Job] = []
@@ -111,15 +115,15 @@ def write_plots(records: Records, out: Path, variants: Sequence[VariantStats] | 
         title, teacher = cell_title(key), teacher_top1(frame, cell)
         jobs.append((accuracy_vs_latency, (cell, title, folder / f"accuracy_vs_latency_{slug(*key)}.png", teacher)))
         jobs.append((learning_curves, (cell, title, folder / f"learning_curves_{slug(*key)}.png", teacher)))
-    jobs.append((sampling_steps_curves, (students, folder)))
-    variants = variant_stats(variant_rows(frame)) if variants is None else variants
+    jobs.append((sampling_steps_curves, (students, folder, hints)))
+    variants = variant_stats(variant_rows(frame, hints)) if variants is None else variants
     by_cell: dict[tuple, list[VariantStats]] = {}
     for v in variants:
         by_cell.setdefault(v.cell(), []).append(v)
     for key in sorted(by_cell, key=lambda k: tuple(map(str, k))):
         path = folder / f"prediction_variants_{slug(*key)}.png"
         jobs.append((prediction_variants, (by_cell.get(key), cell_title(key), path)))
-    for method, parameter in swept_parameters(students):
+    for method, parameter in swept_parameters(students, hints):
         jobs.append((parameter_curve, (students, method, parameter, folder / f"{slug(method)}_{parameter}.png")))
     written: list[Path] = []
     for plot, args in jobs:

@@ -1,71 +1,65 @@
-"""Plots of what a method's runs record beyond their own accuracy, for any method that records it (none is named):
+"""Plots of what a method's runs record beyond their own accuracy, for any method that records it (none is named;
+what to draw comes from the method's report hints, :mod:`~kdbench.report.hints`):
 
-- ``<method>_sampling_steps.png``: top-1 and ms/img against the predictor's steps, for the extra evaluations of
-  the same trained runs (``eval/`` columns) whose settings state steps, one curve per other setting;
+- ``<method>_sampling_<sweep_x>.png``: top-1 and ms/img against the settings field the hints put on the x axis
+  (``sweep_x``), for the extra evaluations of the same trained runs (``eval/`` columns) whose settings state it,
+  one curve per combination of the ``sweep_series`` fields;
 - ``prediction_variants_<cell>.png``: every prediction variant's paired top-1 difference against its latency;
-- ``<method>_<parameter>.png``: top-1 and ms/img against a hyper-parameter the cell's labels of the method sweep,
-  one factor at a time (the runs whose other parameters agree).
+- ``<method>_<parameter>.png``: top-1 and ms/img against a hyper-parameter the cell's labels of the method sweep
+  (a numeric one, or any the hints name in ``parameter_curves``), one factor at a time (the runs whose other
+  parameters agree).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
+from kdbench.report.hints import Hints, hints_of, series_text
 from kdbench.report.load import OWN, evaluations_of, settings_of
 from kdbench.report.plotstyle import method_color, plt, save, slug
 from kdbench.report.stats import CELL, column, done_runs
 from kdbench.report.variants import GOAL_DROP, GOAL_RATIO, VariantStats
 
-SWEEP_X = "steps"  # the settings field on the x axis of the sweep plot
-SWEEP_SERIES = ("sampler", "samples", "cfg", "start_step")  # the settings fields that make one curve each
-SERIES_TEXT = "{} x{:g} cfg {:g} t{:g}"
+if TYPE_CHECKING:
+    from kdbench.method import ReportHints
+
 PARAM = "param_"
 
 
-def legacy_settings(name: str, run: Mapping[str, Any]) -> dict[str, Any] | None:
-    """Settings from a variant name such as ``ddim-16x1-cfgdefault-tdefault``, for records written before the
-    settings were stored beside each evaluation (defaults from the run's ``cfg``/``start_step`` parameters)."""
-    match = re.fullmatch(r"(ddpm|ddim)-(\d+)x(\d+)-cfg([^-]+)-t(.+)", name)
-    if not match:
-        return None
-    sampler, steps, samples, cfg, start = match.groups()
-    cfg_default, start_default = run.get(f"{PARAM}cfg"), run.get(f"{PARAM}start_step")
-    return {"sampler": sampler, "steps": int(steps), "samples": int(samples),
-            "cfg": float(2.0 if pd.isna(cfg_default) else cfg_default) if cfg == "default" else float(cfg),
-            "start_step": int(999 if pd.isna(start_default) else start_default) if start == "default" else int(start)}
-
-
-def _sweep_points(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per (run, extra evaluation) with settings: the settings, top1 and ms (batch 1)."""
+def _sweep_points(runs: pd.DataFrame, hints: ReportHints) -> pd.DataFrame:
+    """One row per (run, extra evaluation) with settings: the settings, top1 and ms (batch 1); empty where no
+    settings state the hints' ``sweep_x`` or lack a ``sweep_series`` field."""
     points = []
     for run in runs.to_dict("records"):
         for name, values in evaluations_of(run).items():
-            setting = settings_of(values) or legacy_settings(name, run)
+            setting = settings_of(values)
             if name != OWN and setting and values.get("top1") is not None:
                 points.append({**setting, "top1": values.get("top1"), "ms": values.get("predict_ms_per_img_b1")})
     points = pd.DataFrame(points)
-    if points.empty or SWEEP_X not in points or points.get(SWEEP_X).isna().all():
+    needed = (hints.sweep_x, *hints.sweep_series)
+    if points.empty or any(name not in points for name in needed):
         return pd.DataFrame()
-    return points
+    return points[points.get(hints.sweep_x).notna()]
 
 
-def _sweep_plot(method: str, points: pd.DataFrame, path: Path) -> Path:
+def _sweep_plot(method: str, points: pd.DataFrame, hints: ReportHints, path: Path) -> Path:
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for key, group in points.groupby(list(SWEEP_SERIES)):
-        group = group.groupby(SWEEP_X, as_index=False).agg(top1=("top1", "mean"), ms=("ms", "mean"))
-        group = group.sort_values(SWEEP_X)
-        label = SERIES_TEXT.format(*key)
-        left.plot(group.get(SWEEP_X), group.top1, "o-", label=label)
-        right.plot(group.get(SWEEP_X), group.ms, "o-", label=label)
+    x, series = hints.sweep_x, list(hints.sweep_series)
+    for key, group in (points.groupby(series) if series else [((), points)]):
+        group = group.groupby(x, as_index=False).agg(top1=("top1", "mean"), ms=("ms", "mean"))
+        group = group.sort_values(x)
+        label = series_text(hints, dict(zip(series, key, strict=True)))
+        left.plot(group.get(x), group.top1, "o-", label=label)
+        right.plot(group.get(x), group.ms, "o-", label=label)
     for ax, ylabel in ((left, "top-1 %"), (right, "ms/img at batch 1")):
         ax.set_xscale("log")
-        ax.set_xlabel(f"{SWEEP_X} of the predictor")
+        ax.set_xlabel(f"{x} of the predictor")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     right.set_yscale("log")
@@ -74,22 +68,28 @@ def _sweep_plot(method: str, points: pd.DataFrame, path: Path) -> Path:
     return save(fig, path)
 
 
-def sampling_steps_curves(students: pd.DataFrame, folder: Path) -> list[Path]:
-    """Per method whose finished runs evaluated other predictors with stated steps: top-1 and ms/img against
-    the steps (same trained models), into ``folder/<method>_sampling_steps.png``."""
+def sampling_steps_curves(students: pd.DataFrame, folder: Path, hints: Hints | None = None) -> list[Path]:
+    """Per method that declares a sweep (``sweep_x``) and whose finished runs evaluated other predictors with
+    settings that state it: top-1 and ms/img against it (same trained models), into
+    ``folder/<method>_sampling_<sweep_x>.png``. ``hints``: the report's (looked up here when not given)."""
     written = []
     done = done_runs(students)
     if done.empty or not any(str(c).startswith("eval/") for c in done.columns):
         return []
+    hints = hints_of(done, hints)
     for method, runs in done.groupby("method", sort=True):
-        points = _sweep_points(runs)
+        declared = hints.of(method)
+        points = _sweep_points(runs, declared) if declared.sweep_x else pd.DataFrame()
         if not points.empty:
-            written.append(_sweep_plot(str(method), points, folder / f"{slug(method)}_sampling_steps.png"))
+            path = folder / f"{slug(method)}_sampling_{slug(declared.sweep_x)}.png"
+            written.append(_sweep_plot(str(method), points, declared, path))
     return written
 
 
 def _short_variant(name: str) -> str:
-    return name.replace("-cfgdefault", "").replace("-tdefault", "").replace("x1", "")
+    """A variant's name without the parts that state a default (``-<key>default``) and without a single
+    repeat (``x1``), to annotate a point."""
+    return re.sub(r"x1(?!\d)", "", re.sub(r"-[A-Za-z_]*default", "", name))
 
 
 def prediction_variants(variants: Sequence[VariantStats], title: str, path: Path) -> Path | None:
@@ -136,16 +136,21 @@ def _numeric(values: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
 
 
-def swept_parameters(students: pd.DataFrame) -> list[tuple[str, str]]:
-    """(method, parameter) for every numeric hyper-parameter that takes two or more values over one method's
-    finished runs in one cell (its labels sweep it), in column order."""
+def swept_parameters(students: pd.DataFrame, hints: Hints | None = None) -> list[tuple[str, str]]:
+    """(method, parameter) for every hyper-parameter that takes two or more values over one method's finished
+    runs in one cell (its labels sweep it) and is numeric or named in the method's ``parameter_curves`` hint,
+    in column order. ``hints``: the report's (looked up here when not given)."""
     done = done_runs(students)
     found: dict[tuple[str, str], None] = {}
     if done.empty:
         return []
-    parameters = [c for c in done.columns if str(c).startswith(PARAM) and _numeric(column(done, c))]
+    hints = hints_of(done, hints)
+    parameters = [c for c in done.columns if str(c).startswith(PARAM)]
     for method, runs in done.groupby("method", sort=True):
+        declared = hints.of(method).parameter_curves
         for name in parameters:
+            if not (_numeric(column(done, name)) or name.removeprefix(PARAM) in declared):
+                continue
             distinct = runs.groupby(list(CELL), dropna=False).agg(distinct=(name, "nunique")).distinct
             if (distinct >= 2).any():
                 found.setdefault((str(method), name.removeprefix(PARAM)))

@@ -17,6 +17,7 @@ from kdbench import store
 from kdbench.reference import load_published
 from kdbench.report import html_page, text
 from kdbench.report.fmt import Table
+from kdbench.report.hints import Hints, hints_of
 from kdbench.report.latex import latex_document
 from kdbench.report.load import Records
 from kdbench.report.options import ReportOptions
@@ -42,6 +43,7 @@ class Analysis:
     ran: list[str]
     summary: list[tuple[str, Table, str]]  # per (dataset, regime): title, leaderboard, resolution line
     problems: list[str]
+    hints: Hints | None = None  # the report hints of the records' methods, looked up once
 
 
 def analyse(records: Records, published: pd.DataFrame | None = None,
@@ -49,11 +51,13 @@ def analyse(records: Records, published: pd.DataFrame | None = None,
     """The report's content from the records' frame (read nothing)."""
     options = options or ReportOptions()
     published = load_published() if published is None else published
+    hints = hints_of(records.frame, records.hints)
     boards = leaderboards(records.frame, options)
-    variants = variant_stats(variant_rows(records.frame))
+    variants = variant_stats(variant_rows(records.frame, hints))
     cells = cell_tables(records, published, options, variants)
     ran, summary = summary_tables(records, boards)
-    return Analysis(records, published, options, boards, variants, cells, ran, summary, problem_lines(records))
+    return Analysis(records, published, options, boards, variants, cells, ran, summary, problem_lines(records),
+                    hints)
 
 
 def _heading(title: str, fmt: str, level: int) -> str:
@@ -78,7 +82,7 @@ def _document(analysis: Analysis, fmt: str, figures: Sequence[str], figure_root:
     for title, tables in analysis.cells:
         parts.append(_heading(title, fmt, 2))
         parts += [_table(table, fmt) for table in tables]
-    parts.append(_paragraph(text.wrap(legend(analysis.options), fmt), fmt))
+    parts.append(_paragraph(text.wrap(legend(analysis.options, analysis.hints), fmt), fmt))
     if analysis.problems:
         parts.append(_heading(f"Runs not in the tables ({len(analysis.problems)})", fmt, 2))
         parts.append(html_page.problems(analysis.problems) if fmt == "html"
@@ -104,7 +108,8 @@ def render(records: Records | Analysis, fmt: str = "text", published: pd.DataFra
     if fmt == "latex":
         sections = [(f"Summary: {title}", [table]) for title, table, _ in analysis.summary] + analysis.cells
         summary = analysis.ran + [line for _, _, line in analysis.summary]
-        return latex_document("kdbench report", summary, sections, legend(analysis.options), analysis.problems)
+        return latex_document("kdbench report", summary, sections, legend(analysis.options, analysis.hints),
+                              analysis.problems)
     if fmt not in text.STYLES:
         raise ValueError(f"unknown report format {fmt!r} (known: {', '.join(FORMATS)})")
     return _document(analysis, fmt, figures, figure_root)
@@ -118,7 +123,7 @@ def write_outputs(records: Records, out: Path, options: ReportOptions | None = N
 
     out.mkdir(parents=True, exist_ok=True)
     analysis = analyse(records, load_published(), options) if analysis is None else analysis
-    figures = write_plots(records, out, analysis.variants)
+    figures = write_plots(records, out, analysis.variants, analysis.hints)
     names = [str(p.relative_to(out)) for p in figures]
     written = list(figures)
     for fmt, ext in EXTENSIONS:
@@ -127,5 +132,5 @@ def write_outputs(records: Records, out: Path, options: ReportOptions | None = N
         store.atomic_write_bytes(path, render(analysis, fmt, figures=shown, figure_root=out).encode())
         written.append(path)
     written += write_data_files(records, out, analysis.published, analysis.options, analysis.boards,
-                                analysis.variants)
+                                analysis.variants, analysis.hints)
     return written

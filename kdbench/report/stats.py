@@ -201,7 +201,7 @@ class MethodStats:
     published: Published | None
     not_done: dict[str, int]
     recipe: str = ""  # "authors", "deviates: <keys>" or "" (no reference recipe): see :func:`recipe_note`
-    predictor: str = ""  # what its final predictor computes (from the records), e.g. "ddpm 100 steps, 5 samples"
+    predictor: str = ""  # what its final predictor computes, as its records describe it
     epoch_predictor: str = ""  # the per-epoch one, when it differs
 
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from kdbench.report.fmt import Table, fmt_ci, fmt_delta, fmt_num, fmt_paired, fmt_summary, missing
+from kdbench.report.hints import Hints
 from kdbench.report.load import Records
 from kdbench.report.options import ReportOptions
 from kdbench.report.stats import (
@@ -44,7 +45,7 @@ def cell_tables(records: Records, published: pd.DataFrame | None = None, options
     variants.variant_stats`, computed here when not given)."""
     options = options or ReportOptions()
     frame = records.frame
-    variants = variant_stats(variant_rows(frame)) if variants is None else variants
+    variants = variant_stats(variant_rows(frame, records.hints)) if variants is None else variants
     out = []
     for key, cell in cells(frame):
         dataset, regime, teacher, student = key
@@ -62,7 +63,7 @@ def variants_table(variants: Sequence[VariantStats]) -> Table:
     """One cell's prediction variants: top-1, paired deltas, timings, FLOPs and whether each meets the goal."""
     batch = [v.batch for v in variants if not missing(v.batch)]
     big = f"ms/img b{batch[0]}" if batch else "ms/img batch"
-    references = sorted({v.reference for v in variants})
+    references = sorted({v.reference for v in variants if v.reference})
     reference = references[0] if len(references) == 1 else "reference"
     headers = list(("method", "variant", "how", "n", "top1", "Δ vs own", f"Δ vs {reference}", "ms/img b1",
                     "x student", big, "MFLOPs/img", f"goal (<= {GOAL_RATIO:g}x, >= -{GOAL_DROP:g})"))
@@ -176,19 +177,31 @@ def cost_table(stats: list[MethodStats], options: ReportOptions | None = None) -
     return Table("cost (medians over seeds)", headers, rows)
 
 
-def legend(options: ReportOptions | None = None) -> str:
-    """What every column means (printed under the tables)."""
+def _examples(labels: list[str], text: str = "", possessive: bool = False) -> str:
+    """`` (A's, B's text)``: examples from the methods' declared labels; ``""`` where none declares one."""
+    if not labels:
+        return ""
+    names = [label + "'s" if possessive else label for label in labels]
+    return f" ({', '.join(names)}{text})"
+
+
+def legend(options: ReportOptions | None = None, hints: Hints | None = None) -> str:
+    """What every column means (printed under the tables); ``hints``: the report's methods' report hints, whose
+    declared labels name the examples (none without hints)."""
     options = options or ReportOptions()
+    hints = hints or Hints()
+    sampler = _examples(hints.labels(own_predictor=True), " N-sample sampler", possessive=True)
+    probe = _examples(hints.labels())
     return (
         "mean ± sd over seeds (n = finished runs); 95% CI = Student-t interval of the mean. *best = best epoch "
         "on the test split (test-selected, optimistic); last = final epoch; val-sel. = epoch chosen on a held-out "
         f"split. Δ vs {options.baseline} / {options.control}: mean paired difference of top1 last over matching "
         "seeds ± its 95% CI half "
         "width (number of pairs); ~ = the CI contains 0 (inside the noise); (n=1) = one seed: no CI, nothing "
-        "resolved. [per-epoch] columns: the predictor evaluated every epoch, where a method's final one differs "
-        "(GenDD's N-sample sampler); a final best* is the better of the final evaluations (last and the "
+        "resolved. [per-epoch] columns: the predictor evaluated every epoch, where a method's final one differs"
+        f"{sampler}; a final best* is the better of the final evaluations (last and the "
         "per-epoch-best epoch). many/medium/few: mean per-class "
-        "top-1 at the last epoch. probe: the student's own fc on its detached feature (GenDD). val top1 (held-out): "
+        f"top-1 at the last epoch. probe: the student's own fc on its detached feature{probe}. val top1 (held-out): "
         "top-1 on the split held out of training, at the last epoch: the figure to choose settings by (never "
         "test). published: the "
         "anchor's number for this pair and method (kdbench/reference/published.csv), gap = ours - published. "

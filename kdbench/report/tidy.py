@@ -14,6 +14,7 @@ import pandas as pd
 
 from kdbench import store
 from kdbench.reference import load_published
+from kdbench.report.hints import Hints
 from kdbench.report.load import Records
 from kdbench.report.options import ReportOptions
 from kdbench.report.stats import CELL, MethodStats, cell_methods, cells
@@ -104,9 +105,10 @@ def leaderboard_frame(boards: Sequence[Leaderboard]) -> pd.DataFrame:
 
 def write_data_files(records: Records, out: Path, published: pd.DataFrame | None = None,
                      options: ReportOptions | None = None, boards: Sequence[Leaderboard] | None = None,
-                     variants: Sequence[VariantStats] | None = None) -> list[Path]:
+                     variants: Sequence[VariantStats] | None = None, hints: Hints | None = None) -> list[Path]:
     """runs.csv and runs.parquet (one row per run), cells.csv, leaderboard.csv and variants.csv: one table each.
-    ``boards`` and ``variants``, when given, are the leaderboards and variant statistics already computed."""
+    ``boards`` and ``variants``, when given, are the leaderboards and variant statistics already computed;
+    ``hints``: the report hints of the records' methods (the records' own when not given)."""
     published = load_published() if published is None else published
     written = []
     if not records.frame.empty:
@@ -115,7 +117,7 @@ def write_data_files(records: Records, out: Path, published: pd.DataFrame | None
     written.append(write_csv(out / "cells.csv", cell_stats(records.frame, published, options)))
     boards = leaderboards(records.frame, options) if boards is None else boards
     written.append(write_csv(out / "leaderboard.csv", leaderboard_frame(boards)))
-    variants = variant_stats(variant_rows(records.frame)) if variants is None else variants
+    variants = variant_stats(variant_rows(records.frame, hints or records.hints)) if variants is None else variants
     if variants:
         written.append(write_csv(out / "variants.csv", variants_frame(list(variants))))
     return written

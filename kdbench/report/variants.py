@@ -4,24 +4,25 @@ A method may evaluate other predictors of the same trained model at the end of a
 generative head, a one-step estimate, a distilled linear map); the record keeps, per variant, its top-1 and its
 latency (``extra_evaluations``, in the frame as ``eval/<variant>/<field>`` columns). Here every variant is paired
 with the run's own final prediction on the same checkpoint and seed: the delta is the mean over seeds of
-(variant - own), with its 95% CI. Every variant is also paired by seed with its method's reference: the own
-prediction of the cell's runs labelled with the method's name (the method as registered, e.g. a flow-matching
-variant of a method against the method's default). The goal column marks variants within ``GOAL_RATIO`` x the
-student's forward at batch 1 and no more than ``GOAL_DROP`` points below the reference (the run's own prediction
-where the cell has no reference runs).
+(variant - own), with its 95% CI. Where the method's report hints say its own prediction is the reference
+(``reference``), every variant is also paired by seed with the own prediction of the cell's runs labelled with the
+method's name (the method as registered, e.g. a flow-matching variant of a method against the method's default).
+A variant's settings read as the hints' ``setting_text`` / ``setting_labels`` say (:func:`~kdbench.report.hints.
+describe`). The goal column marks variants within ``GOAL_RATIO`` x the student's forward at batch 1 and no more
+than ``GOAL_DROP`` points below the reference (the run's own prediction where there are no reference runs).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import string
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
+from kdbench.report.hints import Hints, describe, hints_of
 from kdbench.report.load import OWN, evaluations_of, settings_of
 from kdbench.report.stats import CELL, summarize
 
@@ -30,33 +31,6 @@ GOAL_DROP = 0.3   # top-1 points below the reference prediction
 BATCH_PREFIX = "predict_ms_per_img_b"
 B1 = "predict_ms_per_img_b1"
 OWN_COST = ("predict_vs_student_b1", "predict_flops_per_img", "student_flops_per_img")  # the run's cost columns
-
-
-class _Blank(dict):
-    def __missing__(self, key: str) -> None:
-        return None
-
-
-@dataclass(frozen=True)
-class SettingsText:
-    """How a variant's settings read in a table cell: a ``str.format`` template over the settings, or a fixed
-    text for a settings ``sampler`` value (``labels``). The default is the layout records carry today."""
-
-    template: str = "{sampler} K={steps} x{samples} cfg {cfg:g} t{start_step}"
-    labels: tuple[tuple[str, str], ...] = (("distilled", "linear map of LN(f_s)"),)
-
-    def describe(self, settings: Mapping[str, Any] | None) -> str:
-        """The text for one settings mapping; ``""`` without settings, ``key=value`` pairs where the template
-        does not fit them."""
-        if not settings:
-            return ""
-        fixed = dict(self.labels).get(settings.get("sampler"))
-        if fixed is not None:
-            return fixed
-        try:
-            return string.Formatter().vformat(self.template, (), _Blank(settings))
-        except (TypeError, ValueError):
-            return ", ".join(f"{k}={v}" for k, v in settings.items())
 
 
 def _value(value: Any) -> Any:
@@ -77,12 +51,13 @@ def _variant_row(base: dict[str, Any], name: str, values: Mapping[str, Any], own
             "flops": values.get("predict_flops_per_img"), "student_flops": values.get("student_flops_per_img")}
 
 
-def variant_rows(frame: pd.DataFrame, text: SettingsText | None = None) -> pd.DataFrame:
-    """One row per (finished student run, variant), the run's own prediction included, with its timings and the
-    paired difference to the own prediction."""
-    text = text or SettingsText()
+def variant_rows(frame: pd.DataFrame, hints: Hints | None = None) -> pd.DataFrame:
+    """One row per (finished student run, variant), the run's own prediction included, with its timings, the
+    paired difference to the own prediction, its settings as text and the label its method's reference runs
+    carry (``""`` where the method declares none). ``hints``: the report's (looked up here when not given)."""
     if frame.empty or "role" not in frame:
         return pd.DataFrame()
+    hints = hints_of(frame, hints)
     rows = []
     runs = frame[(frame.role == "student") & (frame.state == "done")]
     for run in runs.to_dict("records"):
@@ -91,12 +66,14 @@ def variant_rows(frame: pd.DataFrame, text: SettingsText | None = None) -> pd.Da
         own = variants.pop(OWN, {})
         if not variants:
             continue
+        declared = hints.of(run.get("method"))
         base = {name: run.get(name) for name in (*CELL, "label", "method", "seed", "run_id")}
+        base.update(reference=str(run.get("method")) if declared.reference else "")
         own_values = {k: v for k, v in run.items() if v is not None and (k.startswith(BATCH_PREFIX) or k in OWN_COST)}
         own_top1 = run.get("top1_last")
         rows.append(_variant_row(base, OWN, {"top1": own_top1, **own_values}, own_top1,
-                                 text.describe(settings_of(own))))
-        rows += [_variant_row(base, name, values, own_top1, text.describe(settings_of(values)))
+                                 describe(declared, settings_of(own))))
+        rows += [_variant_row(base, name, values, own_top1, describe(declared, settings_of(values)))
                  for name, values in variants.items()]
     return pd.DataFrame(rows)
 
@@ -129,6 +106,7 @@ class VariantStats:
     student_flops: float | None
     meets_goal: bool
     reference: str = dataclasses.field(default="", compare=False)  # the label the reference delta pairs with
+    # ("": the method declares no reference)
 
     @property
     def own(self) -> bool:
@@ -157,11 +135,11 @@ def variant_stats(rows: pd.DataFrame) -> list[VariantStats]:
     keys = [*CELL, "label", "variant"]
     out = []
     for key, group in rows.groupby(keys, sort=False, dropna=False):
-        reference = str(group.method.iloc[0])
+        reference = str(group.reference.iloc[0])
         top1 = summarize(group.top1.dropna().tolist())
         delta = summarize(group.delta.dropna().tolist())
         vs_ref = summarize([r.top1 - reference_top1.get((*key[:4], reference, r.seed)) for r in group.itertuples()
-                            if (*key[:4], reference, r.seed) in reference_top1 and r.top1 is not None])
+                            if reference and (*key[:4], reference, r.seed) in reference_top1 and r.top1 is not None])
         judged = vs_ref if vs_ref is not None else delta
         ratio = group.x_student.median()
         meets = (key[-1] != OWN and ratio is not None and pd.notna(ratio) and judged is not None
