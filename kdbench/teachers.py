@@ -342,6 +342,35 @@ def _checked_file(path: str, sha256: str | None, arch: str, shape: tuple[int, in
     return check_teacher_file(Path(path), arch, classes, chans).layout
 
 
+def load_source(source: TeacherSource, arch: str, num_classes: int, in_chans: int, img_size: int,
+                log: Callable[[str], None] = print) -> tuple[Network, dict[str, Any]]:
+    """A teacher the suite does not train, loaded for its verification job: the checkpoint (its sha256 checked
+    again, as the job sees it; any layout :func:`read_teacher` reads, tensors only) or timm's pretrained weights
+    from the local cache. Returns the network and what the file said (layout, skipped entries, stated top-1)."""
+    if not source.checkpoint:
+        return pretrained_network(arch, num_classes, in_chans), {}
+    path = Path(source.checkpoint).expanduser()
+    actual = store.sha256_file(path)
+    if actual != source.sha256:
+        raise TeacherNotReadyError(f"{path}: sha256 {actual} does not match the suite's {source.sha256}")
+    network, read = read_teacher(path, arch, num_classes, in_chans, img_size)
+    log(f"teacher {arch}: {path} read as a {read.layout} file"
+        + (f" (skipped: {', '.join(read.skipped)})" if read.skipped else ""))
+    return network, {"file_layout": read.layout, "skipped_entries": list(read.skipped),
+                     "stated_top1": read.stated_top1}
+
+
+def check_measured_top1(source: TeacherSource, arch: str, measured: float, log: Callable[[str], None] = print) -> None:
+    """Refuse a teacher whose measured test top-1 is off the suite's expected ``top1`` by more than its tolerance
+    (:class:`TeacherNotReadyError`: no student distils from it)."""
+    origin = f"checkpoint {source.checkpoint}" if source.checkpoint else "pretrained"
+    what = f"teacher {arch} ({origin})"
+    log(f"{what}: top-1 {measured:.2f} on the test split (expected {source.top1})")
+    if source.top1 is not None and abs(measured - source.top1) > source.tolerance:
+        raise TeacherNotReadyError(f"{what} reaches top-1 {measured:.2f} on the test split, not the "
+                                   f"expected {source.top1:.2f} +- {source.tolerance}: no student distils from it")
+
+
 def save_converted(network: Network, out: Path) -> str:
     """Write ``network``'s state dict in kdbench's format (atomically, tensors only); return its sha256."""
     buffer = io.BytesIO()

@@ -57,7 +57,7 @@ class AB(Method):
         for s_tap, t_tap in zip(s_taps, t_taps, strict=True):
             (s_chs, s_red), (t_chs, t_red) = student.tap_info(s_tap), teacher.tap_info(t_tap)
             same = s_chs == t_chs and s_red == t_red
-            connectors.append(nn.Identity() if same else regressor(s_chs, t_chs, t_red / s_red, t_red)[:-1])
+            connectors.append(nn.Identity() if same else regressor(s_chs, t_chs, t_red / s_red)[:-1])
         self.connectors = nn.ModuleList(connectors)
         self.needs = Needs(labels=True, teacher=True, student_taps=s_taps, teacher_taps=t_taps)
 

@@ -17,7 +17,7 @@ from kdbench.method import Batch, Method, Needs, ce_term, register_method
 from kdbench.models import Network, Outputs
 
 
-def regressor(student_chs: int, teacher_chs: int, ratio: float, teacher_reduction: int) -> nn.Module:
+def regressor(student_chs: int, teacher_chs: int, ratio: float) -> nn.Module:
     """RepDistiller's ConvReg for a student map ``ratio`` times the teacher's size."""
     if ratio == 1:
         conv: nn.Module = nn.Conv2d(student_chs, teacher_chs, 1)
@@ -53,7 +53,7 @@ class FitNet(Method):
         self.weight, self.ce = weight, ce
         s_tap, t_tap = f"stage{hint_stage}", f"stage{hint_stage}"
         (s_chs, s_red), (t_chs, t_red) = student.tap_info(s_tap), teacher.tap_info(t_tap)
-        self.regressor = regressor(s_chs, t_chs, t_red / s_red, t_red)
+        self.regressor = regressor(s_chs, t_chs, t_red / s_red)
         self.needs = Needs(labels=False, teacher=True, student_taps=(s_tap,), teacher_taps=(t_tap,))
 
     def losses(self, batch: Batch, s: Outputs, t: Outputs | None) -> dict[str, torch.Tensor]:

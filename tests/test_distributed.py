@@ -73,3 +73,38 @@ def _check_collectives(expected_world: int) -> None:
 
 def test_collectives_average_gradients_and_shard_batches() -> None:
     distributed.launch_local(_check_collectives, (2,), nprocs=2)
+
+
+def _fit_and_save_batchnorm(out: str, mode: str) -> None:
+    """In each of 2 gloo ranks: one epoch of the engine's loop with ``batchnorm: mode``; save this rank's buffers."""
+    from kdbench.data import dataset_registry, regime_registry
+    from kdbench.engine import TrainState, fit, seed_everything
+    from kdbench.method import discover_methods
+    from kdbench.models import create_network
+    from kdbench.spec import TrainConfig
+
+    torch.set_num_threads(1)
+    splits = dataset_registry.get("synthetic")(num_classes=4, num_train=96, num_test=48).load()
+    regime = regime_registry.get("balanced")().apply(splits.train.y.numpy(), splits.num_classes)
+    seed_everything(0)
+    student = create_network("kdb_cnn_nano", num_classes=4, in_chans=splits.in_chans, img_size=splits.img_size)
+    method = discover_methods().get("vanilla")(student, None, num_classes=4)
+    run_dir = Path(out) / mode
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fit(TrainState(student=student, teacher=None, method=method, train=splits.train, regime=regime,
+                   test=splits.test, recipe=TrainConfig(epochs=1, batch_size=32), eval_batch_size=64, seed=0,
+                   device=torch.device("cpu"), run_dir=run_dir, log=lambda message: None, batchnorm=mode))
+    torch.save(dict(distributed.batchnorm_buffers(student)), run_dir / f"rank{distributed.rank()}.pt")
+
+
+def test_the_training_loop_leaves_every_rank_with_rank_0s_batchnorm_statistics(tmp_path: Path) -> None:
+    """``batchnorm: broadcast`` (the default): after the loop every rank holds rank 0's running statistics;
+    ``local`` (the old behaviour) leaves each rank its own shard's, which is what the option fixes."""
+    for mode in ("broadcast", "local"):
+        distributed.launch_local(_fit_and_save_batchnorm, (str(tmp_path), mode), nprocs=2)
+    ranks = {mode: [torch.load(tmp_path / mode / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+             for mode in ("broadcast", "local")}
+    for mode, (zero, one) in ranks.items():
+        assert zero.keys() == one.keys() and any(k.endswith("running_mean") for k in zero)
+        same = all(torch.equal(zero[k], one[k]) for k in zero)
+        assert same == (mode == "broadcast"), mode

@@ -1,6 +1,6 @@
 """The engine: one training loop for teachers and students, evaluation, checkpoints, recipes."""
 
-from kdbench.engine.checkpoint import load_checkpoint, save_checkpoint, seed_everything
+from kdbench.engine.checkpoint import load_checkpoint, save_checkpoint, seed_everything, set_deterministic
 from kdbench.engine.loop import Evaluation, FitOutcome, Phase, Precision, TrainState, evaluate, fit, phases_of
 from kdbench.engine.recipe import build_optimizer, build_scheduler, steps_per_epoch
 
@@ -18,5 +18,6 @@ __all__ = [
            "phases_of",
            "save_checkpoint",
            "seed_everything",
+           "set_deterministic",
            "steps_per_epoch",
 ]

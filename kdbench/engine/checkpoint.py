@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,6 +37,17 @@ class NumpyRng:
     pos: int
     has_gauss: int
     cached: float
+
+
+def set_deterministic(on: bool) -> None:
+    """``executor.deterministic``: deterministic algorithms only (``torch.use_deterministic_algorithms``; an op
+    without a deterministic kernel raises), cuDNN deterministic and not benchmarking, and the cuBLAS workspace
+    setting deterministic GEMMs need. Off restores torch's defaults. The state is recorded in ``env``."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(on)
+    torch.backends.cudnn.deterministic = on
+    torch.backends.cudnn.benchmark = False
 
 
 def rng_state() -> dict[str, Any]:

@@ -108,10 +108,13 @@ class Cost(Values):
 
 
 class Environment(Values):
-    """Where the run ran: torch, CUDA, device name, git commit, host, SLURM job, threads, world size."""
+    """Where the run ran: torch, CUDA, device name, CPU model and instruction sets, the math libraries (kernel
+    dispatch level, BLAS, oneDNN, cuDNN), GPU model, deterministic algorithms, git commit, host, SLURM job,
+    threads, world size."""
 
     KNOWN = ("torch", "cuda", "device", "device_name", "git_commit", "git_dirty", "hostname", "platform", "python",
-             "slurm_job_id", "threads", "world_size")
+             "slurm_job_id", "threads", "world_size", "cpu", "cpu_flags", "cpu_capability", "blas", "onednn",
+             "cudnn", "gpu", "deterministic")
 
 
 class Diagnostics(Values):
