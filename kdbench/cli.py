@@ -248,24 +248,36 @@ def build_parser() -> argparse.ArgumentParser:
     importer.add_argument("--dataset", help="dataset name for --data-root (default: by architecture)")
     importer.set_defaults(func=_cmd_teacher_import)
 
-    sub.add_parser("report", help="same as python -m kdbench.report (takes its arguments)")
-    sub.add_parser("bench", help="speed checks: bench overhead | gendd | report (prints ratios)")
+    for name, helptext, entry in (("report", "same as python -m kdbench.report (takes its arguments)", _cmd_report),
+                                  ("bench", "speed checks: bench overhead | gendd | report (prints ratios)",
+                                   _cmd_bench)):
+        forwarded = sub.add_parser(name, help=helptext, add_help=False)  # its own parser answers --help
+        forwarded.add_argument("args", nargs=argparse.REMAINDER)
+        forwarded.set_defaults(func=entry)
     return parser
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from kdbench.report import main as report_main
+
+    return report_main(args.args)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from kdbench.bench import main as bench_main
+
+    return bench_main(args.args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m kdbench``: one clear message and exit code 2 for a bad suite."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["report"]:
-        from kdbench.report import main as report_main
-
-        return report_main(argv[1:])
-    if argv[:1] == ["bench"]:
-        from kdbench.bench import main as bench_main
-
-        return bench_main(argv[1:])
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    if argv[:1] in (["report"], ["bench"]):  # everything after the command is the forwarded tool's
+        args, extra = parser.parse_args(argv[:1]), []
+        args.args = argv[1:]
+    else:
+        args, extra = parser.parse_known_args(argv)
     if extra:  # overrides given after options (run smoke --workers 2 train.epochs=3)
         if args.command != "run" or any(e.startswith("-") or "=" not in e for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")

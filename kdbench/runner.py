@@ -17,6 +17,7 @@ import torch
 
 from kdbench import distributed, store
 from kdbench import method as contract
+from kdbench.compose import Composite
 from kdbench.data import TensorData, dataset_registry, eval_batches, regime_registry
 from kdbench.data.regimes import RegimeData, hold_out
 from kdbench.engine import (
@@ -28,6 +29,7 @@ from kdbench.engine import (
     phases_of,
     save_checkpoint,
     seed_everything,
+    set_deterministic,
     steps_per_epoch,
 )
 from kdbench.envinfo import environment
@@ -50,7 +52,7 @@ from kdbench.store.record import (
     Stability,
 )
 from kdbench.store.runspec import RunSpec
-from kdbench.teachers import TeacherNotReadyError, load_job_teacher, pretrained_network, read_teacher
+from kdbench.teachers import check_measured_top1, load_job_teacher, load_source
 
 
 def _metrics(outcome: FitOutcome, groups: dict[str, list[int]]) -> dict[str, Any]:
@@ -153,43 +155,26 @@ def _training_cost(spec: RunSpec, recipe: TrainConfig, outcome: FitOutcome, meth
 
 
 def _verify_teacher(run_dir: Path, spec: RunSpec, raw: dict[str, Any], log: Callable[[str], None]) -> Record:
-    """A teacher the suite does not train: load its checkpoint (sha256 checked; any layout :mod:`kdbench.teachers`
-    reads, tensors only) or its pretrained weights from the local cache, measure its top-1 on the test split, and
-    fail unless it is as expected. The verified weights are written in kdbench's format for the students."""
+    """A teacher the suite does not train (:func:`kdbench.teachers.load_source`): measure its top-1 on the test
+    split and fail unless it is as expected (:func:`kdbench.teachers.check_measured_top1`). The verified weights
+    are written in kdbench's format for the students."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     splits, regime_data, _ = _data(spec)
-    source = spec.source
-    details: dict[str, Any] = {}
-    if source.checkpoint:
-        path = Path(source.checkpoint).expanduser()
-        actual = sha256_file(path)
-        if actual != source.sha256:
-            raise TeacherNotReadyError(f"{path}: sha256 {actual} does not match the suite's {source.sha256}")
-        network, read = read_teacher(path, spec.model, splits.num_classes, splits.in_chans, splits.img_size)
-        details = {"file_layout": read.layout, "skipped_entries": list(read.skipped), "stated_top1": read.stated_top1}
-        log(f"teacher {spec.model}: {path} read as a {read.layout} file"
-            + (f" (skipped: {', '.join(read.skipped)})" if read.skipped else ""))
-    else:
-        network = pretrained_network(spec.model, splits.num_classes, splits.in_chans)
+    network, details = load_source(spec.source, spec.model, splits.num_classes, splits.in_chans, splits.img_size,
+                                   log)
     check_taps(network, next(eval_batches(splits.test, 2))[0])
     network.to(device)
     evaluation = evaluate(network, lambda x, out: out.logits, splits.test, spec.eval.batch_size,
                           regime_data.groups, device)
-    expected, tolerance = source.top1, source.tolerance
-    origin = f"checkpoint {source.checkpoint}" if source.checkpoint else "pretrained"
-    what = f"teacher {spec.model} ({origin})"
-    log(f"{what}: top-1 {evaluation.top1:.2f} on the test split (expected {expected})")
-    if expected is not None and abs(evaluation.top1 - expected) > tolerance:
-        raise TeacherNotReadyError(f"{what} reaches top-1 {evaluation.top1:.2f} on the test split, not the "
-                                   f"expected {expected:.2f} +- {tolerance}: no student distils from it")
+    check_measured_top1(spec.source, spec.model, evaluation.top1, log)
     weights = run_dir / store.WEIGHTS
     save_checkpoint(weights, {k: v.cpu() for k, v in network.state_dict().items()})
     measured = evaluation.as_metrics()
     metrics = {**{f"{k}_last": v for k, v in measured.items()}, **{f"{k}_best": v for k, v in measured.items()},
                "best_epoch": 0}
     return Record(run_id=run_dir.name, spec=raw, state="done", metrics=Metrics(metrics), empty=("stability",),
-                  diagnostics=Diagnostics({"expected_top1": expected, **details}), resumes=[], extra_evaluations={},
-                  data=DataFacts(test_size=len(splits.test), labeled=True),
+                  diagnostics=Diagnostics({"expected_top1": spec.source.top1, **details}), resumes=[],
+                  extra_evaluations={}, data=DataFacts(test_size=len(splits.test), labeled=True),
                   cost=Cost({"params": count_parameters(network), "epochs": 0, "total_epochs": 0}),
                   artifacts=Artifacts(weights=store.WEIGHTS, weights_sha256=sha256_file(weights)),
                   env=_environment(device))
@@ -201,6 +186,7 @@ def _execute(run_dir: Path, spec: RunSpec, raw: dict[str, Any], log: Callable[[s
     device = distributed.device()
     splits, regime_data, val = _data(spec)
     shape = {"num_classes": splits.num_classes, "in_chans": splits.in_chans, "img_size": splits.img_size}
+    set_deterministic(spec.runtime.deterministic)
     seed_everything(spec.seed)
     student = create_network(spec.model, **shape)
     sync_bn = spec.recipe.batchnorm == "sync"  # before anything holds references to the BatchNorm layers
@@ -211,8 +197,14 @@ def _execute(run_dir: Path, spec: RunSpec, raw: dict[str, Any], log: Callable[[s
     for network in (student, teacher):  # every tap has the shape its model declares, before any training
         if network is not None:
             check_taps(network, example_input)
-    method = discover_methods().get(spec.method)(student, teacher, num_classes=splits.num_classes,
-                                                  **spec.method_params)
+    registry = discover_methods()
+    method: Method = registry.get(spec.method)(student, teacher, num_classes=splits.num_classes,
+                                               **spec.method_params)
+    if spec.compose:  # a composition (``with``): the added methods' losses add to the method's
+        method = Composite(method, [(part.name, registry.get(part.name)(student, teacher,
+                                                                        num_classes=splits.num_classes,
+                                                                        **part.params))
+                                    for part in spec.compose])
     if sync_bn:
         method = distributed.convert_sync_batchnorm(method)
     contract.bind_data(method, len(splits.train))

@@ -184,7 +184,7 @@ def test_cifar100_full_dry_run_json_carries_the_authors_smooth_and_lr_for_every_
     assert done.returncode == 0, done.stderr
     plan = json.loads(out.read_text())
     gendd = [r for r in plan["runs"] if r["method"] == "gendd"]
-    assert len(gendd) == 11 * 3
+    assert len(gendd) == 11 * 5  # 11 pairs x 5 seeds
     for run in gendd:
         smooth, lr = AUTHORS_CIFAR[(run["teacher"], run["student"])]
         assert run["method_params"]["smooth"] == pytest.approx(smooth)

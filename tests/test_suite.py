@@ -240,3 +240,36 @@ def test_a_method_that_cannot_run_on_a_pair_is_refused_for_that_pair_and_says_wh
         ("kdb_cnn_nano", "kd"), ("kdb_cnn_small", "kd"), ("kdb_cnn_small", "kdsvd")}
     assert any("kdsvd x kdb_cnn_small -> kdb_cnn_nano: refused" in note and "equal channels" in note
                for note in plan.refused)
+
+
+FEATURE_METHODS = ("at", "sp", "rkd", "pkt", "fitnet", "nst", "cc", "kdsvd", "crd", "vid", "ab", "ft", "fsp", "ofd",
+                   "reviewkd")
+
+
+def test_cifar_dry_run_lists_every_feature_method_alone_and_with_kd_for_every_pair_5_seeds_and_the_mde(
+        tmp_path: Path) -> None:
+    from kdbench.dryrun import describe_plan
+
+    suite = load_suite("cifar100_full", check_files=False)
+    plan = expand(suite)
+    cells: dict[tuple[str, str], list] = {}
+    for spec in plan.runs.values():
+        cells.setdefault((f"{spec.teacher} -> {spec.student}", spec.label), []).append(spec)
+    pairs = {f"{p.teacher} -> {p.student}" for p in suite.pairs}
+    assert len(pairs) == 11 and suite.seeds == (0, 1, 2, 3, 4)
+    for pair in pairs:
+        assert (pair, "crd") in cells and (pair, "crd+kd") in cells
+        for name in FEATURE_METHODS:  # alone and +kd in the same pairs (kdsvd, fsp: equal channels only)
+            assert ((pair, name) in cells) == ((pair, f"{name}+kd") in cells), (pair, name)
+            for label in (name, f"{name}+kd"):
+                assert sorted(s.seed for s in cells.get((pair, label), [])) in ([], [0, 1, 2, 3, 4])
+        for spec in cells[(pair, "crd+kd")]:
+            assert spec.method == "crd" and spec.method_params == cells[(pair, "crd")][0].method_params
+            (added,) = spec.compose
+            assert added.name == "kd" and (added.params["T"], added.params["alpha"]) == (4.0, 1.0)
+    assert sum(1 for pair in pairs for name in FEATURE_METHODS if (pair, f"{name}+kd") in cells) >= 11 * 13
+    text = describe_plan(suite, plan, tmp_path, baseline="kd")
+    rows = [line.split() for line in text.splitlines() if " -> " in line and " balanced " in line]
+    crd_kd = [row for row in rows if row[4] == "crd+kd"]
+    assert len(crd_kd) == 11 and all(row[5] == "5" and row[-1] == "0.47-0.71" for row in crd_kd)
+    assert "MDE 0.47-0.71 for 5 seeds" in text

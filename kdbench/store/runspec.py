@@ -56,12 +56,21 @@ class Runtime:
 
     amp: str = "auto"
     channels_last: str = "auto"
+    deterministic: bool = False  # deterministic algorithms (cuDNN, torch); written only when on
+
+    def to_dict(self) -> dict[str, Any]:
+        """Its JSON object; ``deterministic`` only when on, so specs written before it existed stay the same."""
+        out: dict[str, Any] = {"amp": self.amp, "channels_last": self.channels_last}
+        if self.deterministic:
+            out["deterministic"] = True
+        return out
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One run: a ``student`` distilled by ``method`` from the teacher job ``teacher_id``, or a ``teacher``
-    trained (``method`` vanilla) or verified (``method`` verify, with its ``source``)."""
+    """One run: a ``student`` distilled by ``method`` from the teacher job ``teacher_id`` (with the methods of
+    ``compose`` added, serialised as ``"with": [{"name": ..., "params": {...}}]`` and only when there are any),
+    or a ``teacher`` trained (``method`` vanilla) or verified (``method`` verify, with its ``source``)."""
 
     role: str
     model: str
@@ -80,6 +89,12 @@ class RunSpec:
     recipe: TrainConfig | None = None
     source: TeacherSource | None = None
     provenance: dict[str, Any] | None = None
+    compose: tuple[ComponentSpec, ...] = ()  # methods added to ``method`` (``with``: name and resolved params)
+
+    @property
+    def composed(self) -> bool:
+        """The run trains a composition (``method`` with the ``compose`` methods added, :mod:`kdbench.compose`)."""
+        return bool(self.compose)
 
     @property
     def is_teacher(self) -> bool:
@@ -102,7 +117,8 @@ class RunSpec:
             runtime=Runtime(**(raw.get("runtime") or {})), student=raw.get("student"),
             teacher_id=raw.get("teacher_id"), method_params=dict(raw.get("method_params") or {}),
             recipe=None if recipe is None else build_dataclass(TrainConfig, recipe, "recipe"),
-            source=None if source is None else TeacherSource(**source), provenance=raw.get("provenance"))
+            source=None if source is None else TeacherSource(**source), provenance=raw.get("provenance"),
+            compose=tuple(ComponentSpec.from_dict(part) for part in raw.get("with") or ()))
 
     def to_dict(self) -> dict[str, Any]:
         """The spec's JSON object as saved in ``spec.json`` (and hashed, less its runtime and provenance, into
@@ -112,11 +128,13 @@ class RunSpec:
         if not self.is_teacher:
             out["teacher_id"] = self.teacher_id
         out.update(method=self.method, label=self.label, method_params=jsonable(self.method_params))
+        if self.compose:  # left out when empty: the specs (and ids) of single-method runs stay as they were
+            out["with"] = [part.to_dict() for part in self.compose]
         if self.source is not None:
             out["source"] = jsonable(dataclasses.asdict(self.source))
         out.update(dataset=self.dataset.to_dict(), regime=self.regime.to_dict(), seed=self.seed, epochs=self.epochs,
                    recipe=None if self.recipe is None else _recipe_dict(self.recipe),
-                   eval=jsonable(dataclasses.asdict(self.eval)), runtime=dataclasses.asdict(self.runtime))
+                   eval=jsonable(dataclasses.asdict(self.eval)), runtime=self.runtime.to_dict())
         if self.provenance is not None:
             out["provenance"] = jsonable(self.provenance)
         return out

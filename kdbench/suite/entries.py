@@ -9,6 +9,7 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from kdbench.compose import composite_label, has_own_stages
 from kdbench.config import build_dataclass, require, resolve_params
 from kdbench.method import hyperparameters
 from kdbench.reference.apply import UndeclaredDeviation
@@ -53,10 +54,15 @@ def check_instantiable(item: Entry, registry: Registry[Any], key: str) -> None:
 
 def method_entry(raw: Any, key: str, registry: Registry[Any], suite_train: dict[str, Any]) -> Entry:
     """A method entry: its hyper-parameters, an optional ``label``, an optional ``train`` recipe override, an
-    optional reference ``recipe`` (a setting of ``kdbench/reference/recipes.csv``) and its ``deviations``."""
-    item = entry(raw, key, registry, hyperparameters, ("name", "label", "train", "recipe", "deviations"))
+    optional reference ``recipe`` (a setting of ``kdbench/reference/recipes.csv``) and its ``deviations``, and
+    the methods added to it (``with:``, :func:`composition`)."""
+    item = entry(raw, key, registry, hyperparameters, ("name", "label", "train", "recipe", "deviations", "with"))
     raw = raw if isinstance(raw, dict) else {}
     item = dataclasses.replace(item, **_reference_of(raw, key, item.name))
+    if raw.get("with") is not None:
+        added = composition(raw["with"], f"{key}.with", registry, item.name)
+        label = raw.get("label", composite_label(item.name, [part.name for part in added]))
+        item = dataclasses.replace(item, compose=added, label=label)
     own = raw.get("train")
     if own is None:
         return item
@@ -64,6 +70,25 @@ def method_entry(raw: Any, key: str, registry: Registry[Any], suite_train: dict[
         raise SuiteError(f"{key}.train", f"expected a mapping, got {own!r}")
     return dataclasses.replace(item, train=build_dataclass(Recipe, {**suite_train, **own}, f"{key}.train"),
                                train_overrides=dict(own))
+
+
+def composition(raw: Any, key: str, registry: Registry[Any], primary: str) -> tuple[Entry, ...]:
+    """A method entry's ``with:``: one name, one mapping or a list of them, each another registered method with
+    its hyper-parameters (checked as a method entry's are, errors at ``<key>[j].<param>``), each once, none the
+    entry's own method, none with stages of its own (:func:`kdbench.compose.has_own_stages`)."""
+    items = raw if isinstance(raw, list) else [raw]
+    require(len(items) > 0, key, "expected a method or a non-empty list of methods to add")
+    added: list[Entry] = []
+    for j, item in enumerate(items):
+        where = f"{key}[{j}]"
+        part = entry(item, where, registry, hyperparameters)
+        require(part.name != primary, f"{where}.name", f"'{primary}' cannot be added to itself")
+        require(part.name not in [p.name for p in added], f"{where}.name", f"'{part.name}' is added twice")
+        require(not has_own_stages(registry.get(part.name)), f"{where}.name",
+                f"method '{part.name}' has stages of its own: it can only be the method a composition adds to "
+                f"(write {{name: {part.name}, with: [{primary}]}})")
+        added.append(dataclasses.replace(part, label=part.name))
+    return tuple(added)
 
 
 def _reference_of(raw: dict[str, Any], key: str, method: str) -> dict[str, Any]:
@@ -98,7 +123,7 @@ def check_references(pairs: Sequence[Pair], methods: Sequence[Entry], train: Rec
             try:
                 cell = pair.reference(method)
             except UndeclaredDeviation as err:
-                by_pair = err.ref.name in (pair.params.get(method.label) or {})
+                by_pair = err.ref.name in pair.overrides(method)
                 key = (f"pairs[{j}].params.{method.label}.{err.ref.name}" if err.ref.kind == "params" and by_pair
                        else f"methods[{i}].{err.ref.name}" if err.ref.kind == "params"
                        else f"methods[{i}].train.{err.ref.name}")

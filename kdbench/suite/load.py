@@ -178,10 +178,14 @@ def _check_teacher_sources(suite: Suite, check_files: bool) -> None:
 def _check_method_values(plan: Plan, index: dict[str, int]) -> None:
     """Every distinct (method, values, pair) of the plan is built on the pair's networks
     (:func:`kdbench.pairing.value_refusal`), so that any value a job would refuse (``T: 0``, an impossible width)
-    is refused now, naming its method entry, before any job starts."""
+    is refused now, naming its method entry (``methods[i].with[j]`` for a method a composition adds), before any
+    job starts."""
     for spec in plan.runs.values():
-        problem = pairing.value_refusal(spec.method, spec.method_params, spec.teacher, spec.student)
-        if problem:
-            raise SuiteError(f"methods[{index[spec.label]}]",
-                             f"method '{spec.method}' refuses its values on {spec.teacher} -> "
-                             f"{spec.student}: {problem}")
+        parts = [(f"methods[{index[spec.label]}]", spec.method, spec.method_params)]
+        parts += [(f"methods[{index[spec.label]}].with[{j}]", part.name, part.params)
+                  for j, part in enumerate(spec.compose)]
+        for key, method, params in parts:
+            problem = pairing.value_refusal(method, params, spec.teacher, spec.student)
+            if problem:
+                raise SuiteError(key, f"method '{method}' refuses its values on {spec.teacher} -> "
+                                      f"{spec.student}: {problem}")

@@ -1,5 +1,6 @@
 """A suite expanded into jobs: pairs x regimes x methods x seeds -> student run specs, one teacher job per distinct
-teacher spec, and run ids (the hash of a resolved spec).
+teacher spec, and run ids (the hash of a resolved spec). A method entry with ``with:`` (a composition) runs where
+each of its methods can: its spec names the added methods under ``with``.
 
 A spec is assembled in one function per role, :func:`teacher_spec` and :func:`student_spec`; :func:`spec_id`
 hashes it. A student run depends on the teacher job named by its ``teacher_id`` (:meth:`Plan.dependencies`).
@@ -55,7 +56,8 @@ class Plan:
 
 def _runtime(suite: Suite) -> Runtime:
     """How a run's tensors are computed (kept in its spec, left out of its id)."""
-    return Runtime(amp=suite.executor.amp, channels_last=suite.executor.channels_last)
+    return Runtime(amp=suite.executor.amp, channels_last=suite.executor.channels_last,
+                   deterministic=suite.executor.deterministic)
 
 
 def _dataset(suite: Suite) -> ComponentSpec:
@@ -92,7 +94,8 @@ def student_spec(suite: Suite, pair: Pair, regime: Entry, method: Entry, seed: i
                    teacher_id=teacher_id, method=method.name, label=method.label,
                    method_params=pair.method_params(method, cell), dataset=_dataset(suite),
                    regime=_regime_spec(regime), seed=seed, epochs=recipe.epochs, recipe=recipe, eval=suite.eval,
-                   runtime=_runtime(suite), provenance=cell.provenance() if cell else None)
+                   runtime=_runtime(suite), provenance=cell.provenance() if cell else None,
+                   compose=tuple(ComponentSpec(part.name, part.params) for part in method.compose))
 
 
 def expand(suite: Suite) -> Plan:
@@ -106,29 +109,32 @@ def expand(suite: Suite) -> Plan:
             t_spec = teacher_spec(suite, pair, regime)
             t_id = spec_id(t_spec)
             for method in suite.methods:
-                cls = methods_registry.get(method.name)
-                needs = cls.needs
-                refusal = _refusal(cls, method, pair, regime, labeled)
+                classes = [methods_registry.get(name) for name in method.names]
+                refusal = _refusal(classes, method, pair, regime, labeled)
                 if refusal:
                     if refusal not in plan.refused:
                         plan.refused.append(refusal)
                     continue
-                if needs.teacher:
+                needs_teacher = any(cls.needs.teacher for cls in classes)
+                if needs_teacher:
                     plan.teachers[t_id] = t_spec
                 cell = pair.reference(method)
                 recipe = pair.recipe(suite.train, method, cell)
                 for seed in suite.seeds:
                     spec = student_spec(suite, pair, regime, method, seed, recipe, cell,
-                                        t_id if needs.teacher else None)
+                                        t_id if needs_teacher else None)
                     plan.runs[spec_id(spec)] = spec
     return plan
 
 
-def _refusal(cls: Any, method: Entry, pair: Pair, regime: Entry, labeled: bool) -> str | None:
-    """Why a method's (pair, regime) cell is not run (``<label> x <where>: refused, <why>``), or None."""
-    problem = pair_problem(cls, pair.teacher, pair.student)
-    if not problem and not (cls.needs.labels and not labeled):
-        return None
-    where = f"{pair.teacher} -> {pair.student}" if problem else regime.name
-    why = problem or f"method '{method.name}' needs labels"
-    return f"{method.label} x {where}: refused, {why}"
+def _refusal(classes: list[Any], method: Entry, pair: Pair, regime: Entry, labeled: bool) -> str | None:
+    """Why a method entry's (pair, regime) cell is not run (``<label> x <where>: refused, <why>``), or None.
+    ``classes``: the entry's method and, for a composition, the added ones: any one refusing refuses the cell."""
+    for cls in classes:
+        problem = pair_problem(cls, pair.teacher, pair.student)
+        if problem:
+            return f"{method.label} x {pair.teacher} -> {pair.student}: refused, {problem}"
+    for cls in classes:
+        if cls.needs.labels and not labeled:
+            return f"{method.label} x {regime.name}: refused, method '{cls.name}' needs labels"
+    return None

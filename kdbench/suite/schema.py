@@ -110,6 +110,8 @@ class ExecutorSettings(Settings):
     # GPU (gpus_per_run), at least 1
     amp: str = setting("auto", _SWITCH)  # bf16 autocast: auto (on for GPUs), on, off
     channels_last: str = setting("auto", _SWITCH)  # channels-last memory format: auto (on for GPUs), on, off
+    deterministic: bool = False  # torch.use_deterministic_algorithms + cudnn.deterministic (GPU runs repeat
+    # bit for bit at some speed cost; CPU runs of one seed and world size are identical already); recorded in env
 
     def processes(self) -> int:
         """How many data-parallel processes train one run (SLURM tasks, or local processes over gloo)."""
@@ -145,6 +147,12 @@ class Entry:
     given: dict[str, Any] = field(default_factory=dict)  # the parameters the suite sets explicitly (coerced)
     reference: str | None = None  # a method's ``recipe:``: the authors' setting its values come from
     deviations: dict[str, str] = field(default_factory=dict)  # reference key -> why the suite runs another value
+    compose: tuple[Entry, ...] = ()  # a method's ``with:``: the methods added to it (kdbench.compose)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The method names the entry trains: its own, then the added ones (``with:``)."""
+        return (self.name, *(part.name for part in self.compose))
 
 
 @dataclass(frozen=True)
@@ -159,7 +167,7 @@ class Pair:
 
     def explicit_params(self, method: Entry) -> dict[str, Any]:
         """The hyper-parameters the suite sets for a method in this pair's cells (entry and pair overrides)."""
-        return {**method.given, **(self.params.get(method.label) or {})}
+        return {**method.given, **self.overrides(method)}
 
     def reference(self, method: Entry) -> CellRecipe | None:
         """What the method's reference recipe (``recipe:``) sets in this pair's cells, or None without one.
@@ -170,10 +178,16 @@ class Pair:
         return apply_reference(method.name, method.reference, self.teacher, self.student,
                                self.explicit_params(method), method.train_overrides, method.deviations)
 
+    def overrides(self, method: Entry) -> dict[str, Any]:
+        """The pair's values for a method entry (``params.<label>``). A composition (``with:``) first takes those
+        the pair gives its primary method by name (``params.ab`` for ``ab+kd``), then its own label's."""
+        inherited = (self.params.get(method.name) or {}) if method.compose else {}
+        return {**inherited, **(self.params.get(method.label) or {})}
+
     def method_params(self, method: Entry, cell: CellRecipe | None = None) -> dict[str, Any]:
         """A method's hyper-parameters in this pair's cells: defaults <- reference recipe <- the method's entry
-        <- the pair's overrides (e.g. DKD's beta per pair, as mdistiller sets it)."""
-        return {**method.params, **(cell.params if cell else {}), **(self.params.get(method.label) or {})}
+        <- the pair's overrides (e.g. DKD's beta per pair, as mdistiller sets it; :meth:`overrides`)."""
+        return {**method.params, **(cell.params if cell else {}), **self.overrides(method)}
 
     def recipe(self, suite_train: Recipe, method: Entry, cell: CellRecipe | None = None) -> Recipe:
         """The student recipe of a (pair, method) cell: suite train <- pair train <- reference recipe <- method
