@@ -41,6 +41,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from kdbench.dryrun import describe_plan, write_plan_json
 
         print(describe_plan(suite, plan, Path(args.results)))
+        if suite.tune.enabled:
+            from kdbench.suite.tuneplan import budget, tuning_plan
+
+            trials = tuning_plan(suite)
+            spent = budget(suite)
+            print(f"tuning stage first: {len(trials.plan.runs)} trial run(s), the same budget for every method: "
+                  f"{spent['trials']} configuration(s) x {len(spent['seeds'])} seed(s) x {spent['epochs']} epochs per "
+                  f"cell ({spent['search']}), chosen on {spent['metric']}; the student runs above then take each "
+                  "cell's chosen values")
         if args.json:
             write_plan_json(suite, plan, Path(args.json))
             print(f"plan: {len(plan.teachers)} teacher job(s) and {len(plan.runs)} run spec(s) -> {args.json}")
@@ -51,7 +60,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"  {note}", flush=True)
     try:
         with interrupt_on_signals():
-            summary = dispatch(plan, Path(args.results), suite.executor, progress=not args.quiet)
+            if suite.tune.enabled:
+                from kdbench.tuning import run_tuned
+
+                summary = run_tuned(suite, Path(args.results), progress=not args.quiet,
+                                    say=lambda line: print(line, flush=True))
+            else:
+                summary = dispatch(plan, Path(args.results), suite.executor, progress=not args.quiet)
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM/SIGHUP as RunInterrupted
         signum = err.signum if isinstance(err, RunInterrupted) else signal.SIGINT
         again = shlex.join(["python", "-m", "kdbench", "run", args.suite, *args.overrides, "--results",

@@ -21,7 +21,9 @@ from kdbench.slurm import read_job_ref
 
 pytestmark = pytest.mark.usefixtures("slurm_cluster")
 
-SMOKE_SHORT = ["seeds=[0]", "train.epochs=1", "teacher.train.epochs=1", "methods[3].warm_start_epochs=1"]
+SMOKE_SHORT = ["seeds=[0]", "train.epochs=1", "teacher.train.epochs=1", "methods[3].warm_start_epochs=1", "tune=null"]
+TUNED_SHORT = ["seeds=[0]", "train.epochs=1", "teacher.train.epochs=1", "regimes=[{name: balanced}]",
+               "methods=[{name: vanilla}, {name: kd}]", "tune.methods={}", "tune.epochs=1"]
 
 
 def vanilla_suite(name: str, epochs: int, seeds: tuple[int, ...] = (0,), **executor: Any) -> dict[str, Any]:
@@ -99,6 +101,23 @@ def test_smoke_through_sbatch_arrays_equals_local_run_and_resubmits_only_what_is
     assert all(records(slurm_dir)[p.name]["state"] == "done" for p in lost)
     assert {p.name: records(slurm_dir)[p.name]["metrics"] for p in lost} == \
         {p.name: expected[p.name]["metrics"] for p in lost}
+
+
+def test_a_tuned_suite_runs_its_trials_then_its_final_runs_through_sbatch(tmp_path: Path) -> None:
+    """The tuning stage on SLURM: trial arrays after the teacher, selection, then the final runs' arrays."""
+    done = run_cli("kdbench", "run", "smoke", "--executor", "slurm", "--results", str(tmp_path), "--quiet",
+                   *TUNED_SHORT, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "tuning stage: 6 trial run(s) in 2 cell(s)" in done.stdout and "final stage: 2 run(s)" in done.stdout
+    found = records(tmp_path / "smoke")
+    finals = [r for r in found.values() if r["spec"]["role"] == "student" and "tuned" in r["spec"]]
+    trials = [r for r in found.values() if r["spec"].get("stage") == "tune"]
+    assert len(finals) == 2 and len(trials) == 6 and all(r["state"] == "done" for r in found.values())
+    assert all(r["env"]["slurm_job_id"] for r in found.values())
+    for final in finals:
+        assert final["spec"]["recipe"]["lr"] == final["spec"]["tuned"]["chosen"]["lr"]
+    report = run_cli("kdbench.report", str(tmp_path / "smoke"))
+    assert "Tuning digits: the same budget for every method" in report.stdout
 
 
 def _accuracy_rows(csv_text: str) -> list[str]:

@@ -66,6 +66,7 @@ def run_row(record: Mapping[str, Any], path: Path) -> dict[str, Any]:
         "loss_spikes": stability.get("loss_spikes"), "grad_norm_max": stability.get("grad_norm_max"),
         "nonfinite_events": stability.get("nonfinite_events"),
         **_provenance(spec.get("provenance")),
+        **_tuned(spec.get("tuned")),
     }
     row.update(_scalars(spec.get("method_params"), SCALAR, "param_"))
     metrics = _scalars(record.get("metrics"))
@@ -95,6 +96,25 @@ def _predictor_columns(metrics: Mapping[str, Any], predictors: Mapping[str, Any]
     finals = [v for v in (metrics.get("top1_last"), metrics.get("top1_best")) if v is not None]
     out.update(top1_best=max(finals) if finals else None, top1_val=None, top5_val=None)
     return out
+
+
+def _plain_values(values: Any) -> str:
+    return ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in sorted(_mapping(values).items()))
+
+
+def _tuned(tuned: Any) -> dict[str, Any]:
+    """How a tuned run's values were chosen (:mod:`kdbench.tuning`), as plain columns; nothing for other runs."""
+    tuned = _mapping(tuned)
+    if not tuned:
+        return {}
+    spent = _mapping(tuned.get("budget"))
+    space = "; ".join(f"{k} {v}" for k, v in sorted(_mapping(tuned.get("space")).items()))
+    return {"tuned_chosen": _plain_values(tuned.get("chosen")), "tuned_space": space,
+            "tuned_trials": f"{tuned.get('trials_finished')}/{spent.get('trials')}",
+            "tuned_budget": f"{spent.get('trials')} x {len(spent.get('seeds') or [])} seed(s) x "
+                            f"{spent.get('epochs')} epochs, {spent.get('search')}, on {spent.get('metric')}",
+            "tuned_score": tuned.get("chosen_score"), "tuned_hours": tuned.get("cost_device_hours"),
+            "tuned_device": tuned.get("device")}
 
 
 def _provenance(provenance: Any) -> dict[str, Any]:
@@ -187,6 +207,8 @@ def load_records(root: Path, include_stale: bool = False) -> Records:
             problems.append((str(scanned.path), scanned.problem or "unreadable"))
             continue
         dropped += [(str(scanned.path), what) for what in scanned.dropped]
+        if _mapping(scanned.record.get("spec")).get("stage") == "tune":
+            continue  # a tuning trial: reported through the final runs it chose (their spec's ``tuned``)
         folder = scanned.path.parent.parent.parent  # <suite>/{runs,teachers}/<id>/result.json
         if folder in plans and scanned.path.parent.name not in plans.get(folder, set()):
             spec = _mapping(scanned.record.get("spec"))

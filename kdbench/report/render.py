@@ -24,6 +24,7 @@ from kdbench.report.options import ReportOptions
 from kdbench.report.summary import Leaderboard, leaderboards
 from kdbench.report.tables import cell_tables, legend, problem_lines, summary_tables
 from kdbench.report.tidy import cell_stats, write_data_files
+from kdbench.report.tuning import tuning_tables
 from kdbench.report.variants import VariantStats, variant_rows, variant_stats
 
 FORMATS = ("text", "markdown", "csv", "latex", "html")
@@ -44,6 +45,7 @@ class Analysis:
     summary: list[tuple[str, Table, str]]  # per (dataset, regime): title, leaderboard, resolution line
     problems: list[str]
     hints: Hints | None = None  # the report hints of the records' methods, looked up once
+    tuning: list[tuple[str, Table]] | None = None  # per dataset: the tuned cells' choices and budget
 
 
 def analyse(records: Records, published: pd.DataFrame | None = None,
@@ -57,7 +59,7 @@ def analyse(records: Records, published: pd.DataFrame | None = None,
     cells = cell_tables(records, published, options, variants)
     ran, summary = summary_tables(records, boards)
     return Analysis(records, published, options, boards, variants, cells, ran, summary, problem_lines(records),
-                    hints)
+                    hints, tuning_tables(records.frame))
 
 
 def _heading(title: str, fmt: str, level: int) -> str:
@@ -77,6 +79,8 @@ def _document(analysis: Analysis, fmt: str, figures: Sequence[str], figure_root:
     parts = [_heading("Summary", fmt, 2), _paragraph("\n".join(text.wrap(line, fmt) for line in analysis.ran), fmt)]
     for title, table, resolution in analysis.summary:
         parts += [_heading(title, fmt, 3), _table(table, fmt), _paragraph(text.wrap(resolution, fmt), fmt)]
+    for title, table in analysis.tuning or []:
+        parts += [_heading(title, fmt, 3), _table(table, fmt)]
     if not analysis.cells:
         parts.append("no finished student runs found")
     for title, tables in analysis.cells:
@@ -106,7 +110,8 @@ def render(records: Records | Analysis, fmt: str = "text", published: pd.DataFra
         cell_stats(analysis.records.frame, analysis.published, analysis.options).to_csv(buffer, index=False)
         return buffer.getvalue()
     if fmt == "latex":
-        sections = [(f"Summary: {title}", [table]) for title, table, _ in analysis.summary] + analysis.cells
+        sections = [(f"Summary: {title}", [table]) for title, table, _ in analysis.summary] + \
+            [(title, [table]) for title, table in analysis.tuning or []] + analysis.cells
         summary = analysis.ran + [line for _, _, line in analysis.summary]
         return latex_document("kdbench report", summary, sections, legend(analysis.options, analysis.hints),
                               analysis.problems)

@@ -90,6 +90,8 @@ class RunSpec:
     source: TeacherSource | None = None
     provenance: dict[str, Any] | None = None
     compose: tuple[ComponentSpec, ...] = ()  # methods added to ``method`` (``with``: name and resolved params)
+    stage: str | None = None  # "tune": a trial of the suite's tuning stage (part of the id; absent for finals)
+    tuned: dict[str, Any] | None = None  # a tuned final run: space, budget, trials, choice, cost (not hashed)
 
     @property
     def composed(self) -> bool:
@@ -118,7 +120,8 @@ class RunSpec:
             teacher_id=raw.get("teacher_id"), method_params=dict(raw.get("method_params") or {}),
             recipe=None if recipe is None else build_dataclass(TrainConfig, recipe, "recipe"),
             source=None if source is None else TeacherSource(**source), provenance=raw.get("provenance"),
-            compose=tuple(ComponentSpec.from_dict(part) for part in raw.get("with") or ()))
+            compose=tuple(ComponentSpec.from_dict(part) for part in raw.get("with") or ()),
+            stage=raw.get("stage"), tuned=raw.get("tuned"))
 
     def to_dict(self) -> dict[str, Any]:
         """The spec's JSON object as saved in ``spec.json`` (and hashed, less its runtime and provenance, into
@@ -137,6 +140,10 @@ class RunSpec:
                    eval=jsonable(dataclasses.asdict(self.eval)), runtime=self.runtime.to_dict())
         if self.provenance is not None:
             out["provenance"] = jsonable(self.provenance)
+        if self.stage is not None:
+            out["stage"] = self.stage
+        if self.tuned is not None:
+            out["tuned"] = jsonable(self.tuned)
         return out
 
     def with_changes(self, **changes: Any) -> RunSpec:

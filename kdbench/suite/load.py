@@ -17,13 +17,14 @@ from typing import Any
 from kdbench import pairing, teachers
 from kdbench.config import build_dataclass, coerce, refuse_non_finite, require
 from kdbench.data import dataset_parameters, dataset_registry, regime_parameters, regime_registry
-from kdbench.method import discover_methods
+from kdbench.method import discover_methods, hyperparameters
 from kdbench.registry import Registry
 from kdbench.spec import EvalSettings, Recipe
 from kdbench.suite.entries import check_instantiable, check_pair_params, check_references, entry, method_entry
 from kdbench.suite.plan import Plan, expand
 from kdbench.suite.schema import TOP_KEYS, Entry, ExecutorSettings, Pair, Suite, SuiteError, TeacherSettings
 from kdbench.suite.source import apply_overrides, find_suite, read_raw
+from kdbench.suite.tune import TuneSettings, check_tune
 
 
 def load_suite(name_or_path: str, overrides: Sequence[str] = (), check_files: bool = True) -> Suite:
@@ -66,6 +67,9 @@ def validate(raw: dict[str, Any], source: str = "", check_files: bool = True) ->
                   methods=methods, seeds=tuple(seeds), train=train, teacher=teacher,
                   eval=build_dataclass(EvalSettings, raw.get("eval"), "eval"),
                   executor=build_dataclass(ExecutorSettings, raw.get("executor"), "executor"), source=source)
+    suite = dataclasses.replace(suite, tune=check_tune(
+        build_dataclass(TuneSettings, raw.get("tune"), "tune"), list(methods), suite.eval.val_fraction > 0,
+        lambda name: hyperparameters(methods_registry.get(name))))
     _check_unlabeled_dataset(suite)
     _check_teacher_sources(suite, check_files)
     plan = expand(suite)

@@ -29,6 +29,7 @@ def spec_id(spec: RunSpec | dict[str, Any]) -> str:
     hashed.get("dataset", {}).get("params", {}).pop("root", None)  # where the data sits is not what it is
     hashed.pop("runtime", None)  # how it is computed (bf16, memory format) is recorded, not part of what it is
     hashed.pop("provenance", None)  # where its values come from (reference recipe, deviations): not what it is
+    hashed.pop("tuned", None)  # nor how a tuning stage chose them: the chosen values are in the spec
     if isinstance(hashed.get("source"), dict):
         hashed["source"].pop("checkpoint", None)  # nor where a checkpoint sits: its sha256 says what it is
     canonical = json.dumps(hashed, sort_keys=True, separators=(",", ":"))

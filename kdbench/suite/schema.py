@@ -29,13 +29,14 @@ from kdbench.config import (
 )
 from kdbench.reference.apply import CellRecipe, apply_reference
 from kdbench.spec import EvalSettings, Recipe, TeacherSource
+from kdbench.suite.tune import TuneSettings
 
 SuiteError = ConfigError
 """A suite that cannot run: ``key`` is the dotted key path, ``source`` the file it came from. The one error class
 of :mod:`kdbench.config` (so an error raised while building any typed part of a suite is a ``SuiteError``)."""
 
 TOP_KEYS = ("name", "description", "extends", "dataset", "regimes", "pairs", "methods", "seeds", "train",
-            "teacher", "eval", "executor")
+            "teacher", "eval", "executor", "tune")
 """The keys a suite file may have."""
 
 EXECUTORS = ("debug", "local", "slurm")
@@ -213,6 +214,7 @@ class Suite:
     eval: EvalSettings
     executor: ExecutorSettings
     source: str = ""
+    tune: TuneSettings = field(default_factory=TuneSettings)  # equal-budget tuning (kdbench.suite.tune); off by default
 
     def to_dict(self) -> dict[str, Any]:
         """The suite as plain JSON values (as a submission's manifest stores it)."""
