@@ -1,5 +1,5 @@
 """``python -m kdbench.report RESULTS [--format text|markdown|csv|latex|html] [--out DIR] [--all]
-[--baseline LABEL] [--control LABEL]`` (also ``python -m kdbench report ...``)."""
+[--baseline LABEL] [--control LABEL] [--compare REFERENCE]`` (also ``python -m kdbench report ...``)."""
 
 from __future__ import annotations
 
@@ -30,6 +30,9 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--control", default=DEFAULT_CONTROL, metavar="LABEL",
                         help=f"the no-distillation control: a second delta column and the cost table's ratio "
                         f"(default: {DEFAULT_CONTROL})")
+    parser.add_argument("--compare", type=Path, metavar="REFERENCE",
+                        help="put each cell beside a reference run's (a results folder or a report folder with "
+                        "runs.csv, e.g. results/examples/smoke) and say whether it is reproduced within seed noise")
     return parser
 
 
@@ -44,6 +47,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     records = load_records(args.root, include_stale=args.all)
     analysis = analyse(records, options=options)
     sys.stdout.write(render(analysis, args.format))
+    if args.compare is not None:
+        if not args.compare.is_dir():
+            print(f"error: --compare '{args.compare}' is not a folder", file=sys.stderr)
+            return 2
+        from kdbench.report import text
+        from kdbench.report.compare import compare_table, reference_frame
+
+        table = compare_table(records.frame, reference_frame(args.compare), str(args.compare))
+        style = args.format if args.format in ("text", "markdown") else "text"
+        block = "\n" + text.heading(table.title, style, 2) + "\n\n" + text.table_text(table, style) + "\n"
+        # a LaTeX/HTML document or a CSV table stays whole on stdout; the comparison then goes to stderr
+        (sys.stdout if style == args.format else sys.stderr).write(block)
     if args.out:
         written = write_outputs(records, args.out, options, analysis)
         print(f"wrote {len(written)} files to {args.out}", file=sys.stderr)
