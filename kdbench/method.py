@@ -96,22 +96,20 @@ class ReportHints:
     records; the default declares nothing.
 
     - ``label``: how plots and tables title the method's own views (``"GenDD"``).
-    - ``columns``: ``(diagnostics key, caption)`` pairs: scalar entries of the record's ``diagnostics`` worth a
-      report column.
     - ``predictor_settings``: the ``diagnostics`` key that maps each extra predictor (the record's
       ``extra_evaluations``) to its settings, a flat dict (GenDD: ``"sweep_settings"``);
       ``own_predictor_settings``: the ``diagnostics`` key with the settings of the method's own final predictor.
     - ``sweep_x``: the settings field on the x axis of the extra predictors' top-1/latency plot (``"steps"``);
       ``sweep_series``: the settings fields whose values draw one curve each.
     - ``setting_text``: a ``str.format`` template that describes one settings dict in a table cell;
-      ``setting_labels``: ``(value of settings["sampler"], fixed text)`` pairs that replace the template.
+      ``setting_labels``: ``(value, fixed text)`` pairs: a settings dict holding that value is described by the
+      fixed text instead of the template (GenDD: its distilled map).
     - ``reference``: the method's own prediction is the reference the cell's other prediction variants are
       paired with by seed (GenDD with its authors' sampler).
     - ``parameter_curves``: hyper-parameters worth a top-1/latency-against-value plot, one at a time.
     """
 
     label: str = ""
-    columns: tuple[tuple[str, str], ...] = ()
     predictor_settings: str = ""
     own_predictor_settings: str = ""
     sweep_x: str = ""

@@ -18,7 +18,7 @@ from kdbench.report.hints import default_hints, describe, lookup, series_text
 
 TOY = "toyhints"  # a method name nothing else registers
 PLUGIN = "plugin_not_installed"  # records of a method the registry does not know
-TOY_HINTS = ReportHints(label="Toy", columns=(("toy_norm", "toy norm"),), predictor_settings="toy_settings",
+TOY_HINTS = ReportHints(label="Toy", predictor_settings="toy_settings",
                         own_predictor_settings="toy_own", sweep_x="rounds", sweep_series=("mode",),
                         setting_text="{mode} mode in {rounds} rounds", setting_labels=(("table", "a lookup table"),),
                         reference=True, parameter_curves=("flavour",))

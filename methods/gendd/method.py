@@ -97,7 +97,6 @@ class GenDD(GenDDPredictor, StepHooks, RecordExtras, Method):
     uses = "pooled feature, teacher classifier"
     report_hints = ReportHints(
         label="GenDD",
-        columns=(("sampled_to_target_norm_ratio", "sampled/target norm"), ("nonfinite_samples", "non-finite samples")),
         predictor_settings="sweep_settings", own_predictor_settings="sampler",
         sweep_x="steps", sweep_series=("sampler", "samples", "cfg", "start_step"),
         setting_text="{sampler} K={steps} x{samples} cfg {cfg:g} t{start_step}",
