@@ -19,8 +19,9 @@ from kdbench import store
 from kdbench.engine.recipe import LRFactor
 from kdbench.method import discover_methods, hyperparameters
 from kdbench.models import create_network
+from kdbench.reference import recipe_gaps
 from kdbench.reference.apply import same_value
-from kdbench.reference.recipes import RecipeTableError, read_recipes, reference_recipes
+from kdbench.reference.recipes import RecipeTableError, read_gaps, read_recipes, reference_recipes
 from kdbench.report import load_records, render
 from kdbench.suite import Recipe, SuiteError, coerce, expand, load_suite, validate
 from tests.conftest import tiny_suite
@@ -46,6 +47,8 @@ AUTHORS_CIFAR = {
     ("vgg13_cifar", "resnet20_cifar"): (0.9, 1e-3),
 }
 FULL_SCALE = ("cifar100_full", "cifar100_lt", "imagenet_full", "imagenet_lt", "imagenet_unlabeled")
+# The reference code every row's source names (its repository's name, then the file in it).
+SOURCES = ("GenDD_cifar/", "GenDD_imagenet/", "RepDistiller/", "mdistiller/", "DIST_KD/", "DKL/")
 
 
 # ------------------------------------------------------------------------------------------------ the table
@@ -58,7 +61,7 @@ def test_every_row_names_a_real_parameter_or_recipe_field_with_a_valid_value_and
     assert len(rows) > 100
     for row in rows:
         where = f"{row.method}/{row.setting} {row.teacher}->{row.student} {row.key}"
-        assert row.source.startswith(("GenDD_cifar/", "GenDD_imagenet/")), where
+        assert row.source.startswith(SOURCES) and "(" in row.source, where  # a file and its option
         if row.key.startswith("params."):
             cls = registry.get(row.method)
             name = row.key.split(".", 1)[1]
@@ -75,7 +78,7 @@ def test_no_two_equally_specific_rows_disagree_on_any_pair_the_table_or_a_suite_
     pairs = {(r.teacher, r.student) for r in table.rows if "*" not in r.teacher + r.student}
     for name in FULL_SCALE:
         pairs |= {(p.teacher, p.student) for p in load_suite(name, check_files=False).pairs}
-    for method in ("gendd", "kd"):
+    for method in sorted({r.method for r in table.rows}):
         for setting in table.settings(method):
             for teacher, student in pairs:
                 table.for_cell(method, setting, teacher, student)  # raises on a conflict
@@ -118,6 +121,81 @@ def test_the_table_gives_the_authors_imagenet_lt_and_unlabeled_settings() -> Non
     assert (unlabeled["params.smooth"].value, unlabeled["params.warm_start_epochs"].value) == (0.0, 0)
     kl = table.for_cell("kd", "imagenet_unlabeled", "resnet50", "mobilenetv1_100")
     assert (kl["params.T"].value, kl["train.lr"].value, kl["train.optimizer"].value) == (1.0, 0.2, "sgd")
+
+
+def test_every_method_has_a_cifar100_and_an_imagenet_recipe_or_a_documented_gap() -> None:
+    registry = discover_methods()
+    table = reference_recipes()
+    gaps = {(g.method, g.setting): g for g in recipe_gaps()}
+    assert len(gaps) == len(recipe_gaps()), "one gap row per (method, setting)"
+    methods = {name for name in registry.names() if registry.get(name).__module__.startswith("methods.")}
+    assert len(methods) == 22
+    for method in sorted(methods):
+        for setting in ("cifar100", "imagenet"):
+            assert setting in table.settings(method) or (method, setting) in gaps, f"{method}/{setting}"
+    for (method, setting), gap in gaps.items():
+        assert method in methods and setting in ("cifar100", "imagenet"), (method, setting)
+        assert gap.what_is_used.strip() and gap.why.strip()
+        if setting not in table.settings(method):  # a full gap: nothing invented, kdbench's defaults are used
+            assert "kdbench defaults" in gap.what_is_used, (method, setting)
+    # the feature methods only RepDistiller (CIFAR-100 only) publishes have no ImageNet rows
+    for method in ("ab", "cc", "fitnet", "fsp", "ft", "kdsvd", "nst", "pkt", "rkd", "sp", "vid", "vanilla", "mse"):
+        assert "imagenet" not in table.settings(method) and (method, "imagenet") in gaps, method
+
+
+def test_the_gap_table_refuses_empty_fields(tmp_path: Path) -> None:
+    path = tmp_path / "gaps.csv"
+    path.write_text("method,setting,what_is_used,why\nm,imagenet,kdbench defaults,\n")
+    with pytest.raises(RecipeTableError, match="line 2: empty why"):
+        read_gaps(path)
+
+
+def test_the_table_gives_the_verified_values_of_the_field_reference_code() -> None:
+    """Pinned by hand from the reference files (mdistiller configs/cifar100/dkd/*.yaml and
+    configs/imagenet/{r34_r18,r50_mv1}/*.yaml, RepDistiller train_student.py and run_cifar_distill.sh, DKL's
+    DKLv1/KD-dkl configs, DIST_KD's classification configs), independently of the CSV."""
+    table = reference_recipes()
+
+    def cell(method: str, setting: str, teacher: str, student: str) -> dict:
+        return {k: v.value for k, v in table.for_cell(method, setting, teacher, student).items()}
+
+    dkd_beta = {("resnet56_cifar", "resnet20_cifar"): 2.0, ("resnet110_cifar", "resnet32_cifar"): 2.0,
+                ("resnet32x4_cifar", "resnet8x4_cifar"): 8.0, ("vgg13_cifar", "vgg8_cifar"): 6.0,
+                ("wrn_40_2_cifar", "wrn_16_2_cifar"): 6.0, ("wrn_40_2_cifar", "wrn_40_1_cifar"): 6.0,
+                ("vgg13_cifar", "mobilenetv2_cifar"): 6.0, ("resnet32x4_cifar", "shufflev1_cifar"): 8.0,
+                ("resnet50_cifar", "mobilenetv2_cifar"): 8.0}
+    for (teacher, student), beta in dkd_beta.items():
+        dkd = cell("dkd", "cifar100", teacher, student)
+        assert dkd["params.beta"] == beta and dkd["params.T"] == 4.0 and dkd["params.warmup_epochs"] == 20
+        light = student in ("mobilenetv2_cifar", "shufflev1_cifar", "shufflev2_cifar")
+        assert dkd["train.lr"] == (0.01 if light else 0.05) and dkd["train.milestones"] == [150, 180, 210]
+    for teacher, student, beta in (("resnet34.tv_in1k", "resnet18", 0.5), ("resnet50", "mobilenetv1_100", 2.0)):
+        dkd = cell("dkd", "imagenet", teacher, student)
+        assert (dkd["params.beta"], dkd["params.T"], dkd["params.warmup_epochs"]) == (beta, 1.0, 1)
+    kd = cell("kd", "imagenet", "resnet34", "resnet18")
+    assert (kd["params.T"], kd["params.alpha"], kd["params.gamma"]) == (1.0, 0.5, 0.5)
+    assert (kd["train.lr"], kd["train.batch_size"], kd["train.weight_decay"], kd["train.milestones"]) == (
+        0.2, 512, 1e-4, [30, 60, 90])
+    kd_cifar = cell("kd", "cifar100", "resnet32x4_cifar", "resnet8x4_cifar")
+    assert (kd_cifar["params.T"], kd_cifar["params.alpha"], kd_cifar["params.gamma"]) == (4.0, 0.9, 0.1)
+    crd = cell("crd", "cifar100", "resnet32x4_cifar", "resnet8x4_cifar")
+    assert (crd["params.weight"], crd["params.negatives"], crd["params.nce_t"], crd["params.momentum"],
+            crd["params.feat_dim"]) == (0.8, 16384, 0.07, 0.5, 128)
+    crd_in = cell("crd", "imagenet", "resnet50", "mobilenetv1_100")
+    assert (crd_in["train.lr"], crd_in["train.batch_size"], crd_in["params.negatives"]) == (0.1, 256, 16384)
+    ikl = cell("ikl", "cifar100", "resnet32x4_cifar", "shufflev2_cifar")
+    assert (ikl["params.alpha"], ikl["params.beta"], ikl["params.global_info"], ikl["params.T2"]) == (
+        3.0, 12.0, False, 100.0)
+    ikl_in = cell("ikl", "imagenet", "resnet50", "mobilenetv1_100")
+    assert (ikl_in["params.alpha"], ikl_in["params.beta"], ikl_in["params.global_info"], ikl_in["params.T2"]) == (
+        4.0, 1.0, True, 1.0)
+    dist = cell("dist", "imagenet", "resnet34", "resnet18")
+    assert (dist["params.beta"], dist["params.gamma"], dist["params.T"], dist["train.batch_size"]) == (2.0, 2.0, 1.0,
+                                                                                                        256)
+    assert cell("reviewkd", "cifar100", "resnet32x4_cifar", "resnet8x4_cifar")["params.weight"] == 5.0
+    assert cell("ft", "cifar100", "resnet32x4_cifar", "resnet8x4_cifar")["params.init_lr"] == 0.01
+    assert cell("ft", "cifar100", "vgg13_cifar", "vgg8_cifar")["params.init_lr"] == 0.05
+    assert "params.weight" not in cell("ofd", "imagenet", "resnet34", "resnet18")  # R50->MV1 only
 
 
 def test_the_most_specific_row_wins_and_equal_rows_that_disagree_are_an_error(tmp_path: Path) -> None:

@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from kdbench.reference.recipes import RecipeGap, recipe_gaps
+
+__all__ = ["PUBLISHED", "RecipeGap", "load_published", "lookup", "published_teacher", "recipe_gaps"]
+
 PUBLISHED = Path(__file__).with_name("published.csv")
 
 

@@ -7,6 +7,10 @@ keyword) or ``train.<recipe field>``; ``value`` is a YAML scalar or list; ``sour
 the flag) it comes from. Where several rows match a cell, the most specific one wins: a row naming both models
 beats one naming the student, which beats ``*``/``*``. A suite's method entry ``recipe: <setting>`` takes its
 values from here (see :mod:`kdbench.suite`).
+
+Where a method has no published recipe for a setting (most feature methods on ImageNet), ``recipe_gaps.csv`` says
+so: one row per (method, setting) naming what is used instead (kdbench's defaults, the CIFAR values of a named
+source) and why. Nothing is invented for those cells.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 import yaml
 
 RECIPES = Path(__file__).with_name("recipes.csv")
+GAPS = Path(__file__).with_name("recipe_gaps.csv")
 KEY_KINDS = ("params", "train")
 
 
@@ -126,3 +131,31 @@ def read_recipes(path: Path = RECIPES) -> RecipeTable:
 def reference_recipes() -> RecipeTable:
     """The shipped table, read once."""
     return read_recipes()
+
+
+@dataclass(frozen=True)
+class RecipeGap:
+    """A (method, setting) without a published recipe (or with one for some pairs only): what is used and why."""
+
+    method: str
+    setting: str
+    what_is_used: str
+    why: str
+
+
+def read_gaps(path: Path = GAPS) -> tuple[RecipeGap, ...]:
+    """Read a gap table (the shipped one by default); every field must be non-empty."""
+    gaps = []
+    with open(path, newline="") as handle:
+        for line, raw in enumerate(csv.DictReader(handle), start=2):
+            missing = [k for k in ("method", "setting", "what_is_used", "why") if not (raw.get(k) or "").strip()]
+            if missing:
+                raise RecipeTableError(f"{path.name} line {line}: empty {', '.join(missing)}")
+            gaps.append(RecipeGap(raw["method"], raw["setting"], raw["what_is_used"], raw["why"]))
+    return tuple(gaps)
+
+
+@functools.lru_cache(maxsize=1)
+def recipe_gaps() -> tuple[RecipeGap, ...]:
+    """The shipped gap table, read once: the (method, setting) cells with no (or only a partial) published recipe."""
+    return read_gaps()
