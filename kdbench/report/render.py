@@ -79,8 +79,8 @@ def _document(analysis: Analysis, fmt: str, figures: Sequence[str], figure_root:
     parts = [_heading("Summary", fmt, 2), _paragraph("\n".join(text.wrap(line, fmt) for line in analysis.ran), fmt)]
     for title, table, resolution in analysis.summary:
         parts += [_heading(title, fmt, 3), _table(table, fmt), _paragraph(text.wrap(resolution, fmt), fmt)]
-    for title, table in analysis.tuning or []:
-        parts += [_heading(title, fmt, 3), _table(table, fmt)]
+    for _, table in analysis.tuning or []:  # the table carries its own title
+        parts.append(_table(table, fmt))
     if not analysis.cells:
         parts.append("no finished student runs found")
     for title, tables in analysis.cells:
