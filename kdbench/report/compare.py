@@ -23,6 +23,7 @@ from kdbench.report.fmt import Table
 KEY = ("dataset", "regime", "teacher", "student", "label")
 METRIC = "top1_last"
 ALPHA = 0.05
+HEADERS = ("regime", "pair", "method", "these results", "reference", "difference", "p", "verdict")
 
 
 def reference_frame(path: Path) -> pd.DataFrame:
@@ -79,8 +80,7 @@ def compare_table(frame: pd.DataFrame, reference: pd.DataFrame, name: str) -> Ta
         outcome, p = verdict(mine, ref)
         rows.append([*shown, f"{mine.mean() - ref.mean():+.2f}", "" if p is None else f"{p:.2f}", outcome])
     title = f"Compared with {name}: final top-1 per cell, Welch's t-test over seeds (alpha {ALPHA})"
-    return Table(title, ["regime", "pair", "method", "these results", "reference", "difference", "p", "verdict"],
-                 rows)
+    return Table(title, list(HEADERS), rows)
 
 
 def _cell(frame: pd.DataFrame, key: tuple[str, ...]) -> pd.Series:

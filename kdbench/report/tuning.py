@@ -7,6 +7,7 @@ import pandas as pd
 
 from kdbench.report.fmt import Table, fmt_num, missing
 
+CELL = ("regime", "teacher", "student", "label")
 COLUMNS = ("tuned_chosen", "tuned_space", "tuned_trials", "tuned_budget", "tuned_score", "tuned_hours")
 
 
@@ -17,8 +18,7 @@ def tuning_tables(frame: pd.DataFrame) -> list[tuple[str, Table]]:
     tuned = frame.loc[frame.tuned_chosen.notna() & (frame.role == "student")]
     out = []
     for dataset, runs in tuned.groupby("dataset", sort=True):
-        cells = runs.drop_duplicates(["regime", "teacher", "student", "label"]).sort_values(
-            ["regime", "teacher", "student", "label"])
+        cells = runs.drop_duplicates(list(CELL)).sort_values(list(CELL))
         budgets = sorted(set(cells.tuned_budget))
         same = "the same budget for every method" if len(budgets) == 1 else "BUDGETS DIFFER"
         unit = "GPU-h" if set(cells.tuned_device) == {"gpu"} else "CPU-h"
@@ -26,6 +26,6 @@ def tuning_tables(frame: pd.DataFrame) -> list[tuple[str, Table]]:
                  str(c.tuned_space), str(c.tuned_trials), fmt_num(None if missing(c.tuned_score) else c.tuned_score),
                  fmt_num(c.tuned_hours)] for c in cells.itertuples()]
         title = f"Tuning {dataset}: {same} ({'; '.join(budgets)}), chosen on the held-out split, never test"
-        out.append((title, Table(title, ["regime", "pair", "method", "chosen", "search space", "trials",
-                                         "held-out score", f"tuning {unit}"], rows)))
+        headers = ("regime", "pair", "method", "chosen", "search space", "trials", "held-out score", f"tuning {unit}")
+        out.append((title, Table(title, list(headers), rows)))
     return out
