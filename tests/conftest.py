@@ -38,6 +38,17 @@ def write_suite(path: Path, suite: dict) -> Path:
     return path
 
 
+def write_fabricated_runs(suite: Path, records: list[dict], epochs: int = 3) -> None:
+    """Write FABRICATED records (and a short per-epoch metrics file each) under ``suite/runs/<run_id>/``."""
+    from kdbench import store
+
+    for record in records:
+        folder = suite / "runs" / record["run_id"]
+        store.atomic_write_json(folder / store.RESULT, record)
+        store.atomic_write_jsonl(folder / store.METRICS, [{"epoch": e, "phase": "main", "top1": 50.0 + e}
+                                                          for e in range(1, epochs + 1)])
+
+
 @pytest.fixture
 def suite_file(tmp_path: Path) -> Path:
     """A tiny synthetic suite written into a folder whose name has a space and a quote."""

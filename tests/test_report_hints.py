@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import write_fabricated_runs
 
 from kdbench import store
 from kdbench.method import Method, ReportHints, discover_methods, method_registry, register_method
@@ -68,11 +69,7 @@ def results(tmp_path: Path, toy: type[Method]) -> Path:
         runs.append(_record(f"s{seed}", TOY, f"{TOY}_sweet", seed, 81.0 + seed, {"flavour": "sweet", "colour": "red"}))
         runs.append(_record(f"b{seed}", TOY, f"{TOY}_blue", seed, 79.0 + seed, {"flavour": "plain", "colour": "blue"}))
         runs.append(_record(f"p{seed}", PLUGIN, PLUGIN, seed, 70.0 + seed, {"flavour": "plain"}))
-    for record in runs:
-        folder = suite / "runs" / record["run_id"]
-        store.atomic_write_json(folder / store.RESULT, record)
-        store.atomic_write_jsonl(folder / store.METRICS, [{"epoch": e, "phase": "main", "top1": 50.0 + e}
-                                                          for e in range(1, 4)])
+    write_fabricated_runs(suite, runs)
     return tmp_path / "results"
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import write_fabricated_runs
 
 from kdbench import store
 from kdbench.method import Method, ReportHints, discover_methods, method_registry, register_method
@@ -107,11 +108,7 @@ def results(tmp_path: Path, newkd: type[Method]) -> Path:
                                                         for k in (1, 2, 4)}}
             record["extra_evaluations"] = {f"euler-{k}": _evaluation(70.0 + k + seed, 0.5 * k) for k in (1, 2, 4)}
             runs.append(record)
-    for record in runs:
-        folder = suite / "runs" / record["run_id"]
-        store.atomic_write_json(folder / store.RESULT, record)
-        store.atomic_write_jsonl(folder / store.METRICS, [{"epoch": e, "phase": "main", "top1": 50.0 + e}
-                                                          for e in range(1, 4)])
+    write_fabricated_runs(suite, runs)
     return tmp_path / "results"
 
 
