@@ -8,7 +8,6 @@ import pandas as pd
 from kdbench.report.fmt import Table, fmt_num, missing
 
 CELL = ("regime", "teacher", "student", "label")
-COLUMNS = ("tuned_chosen", "tuned_space", "tuned_trials", "tuned_budget", "tuned_score", "tuned_hours")
 
 
 def tuning_tables(frame: pd.DataFrame) -> list[tuple[str, Table]]:

@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from kdbench.config import Settings, at_least, coerce, jsonable, one_of, require, rule, setting
+from kdbench.config import Settings, at_least, build_dataclass, coerce, jsonable, one_of, require, rule, setting
 from kdbench.spec import Recipe
 
 SEARCHES = ("grid", "sobol")
@@ -148,8 +148,6 @@ def split_values(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
 def trial_recipe(recipe: Recipe, epochs: int | None, train_values: dict[str, Any]) -> Recipe:
     """A trial's recipe: the cell's recipe with the trial's values and ``epochs`` (milestones and warm-up scaled
     to the shorter run, so a schedule keeps its shape)."""
-    from kdbench.config import build_dataclass
-
     merged = {**jsonable(dataclasses.asdict(recipe)), **jsonable(train_values)}
     if epochs is not None and epochs != recipe.epochs:
         scale = epochs / recipe.epochs

@@ -3,7 +3,6 @@ chosen values (:mod:`kdbench.suite.tune` declares ``tune:``; :mod:`kdbench.tunin
 
 from __future__ import annotations
 
-import dataclasses
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -106,8 +105,3 @@ def budget(suite: Suite) -> dict[str, Any]:
     tune = suite.tune
     return {"trials": tune.trials, "epochs": tune.epochs or suite.train.epochs, "seeds": list(tune.seeds),
             "metric": tune.metric, "search": tune.search}
-
-
-def replace_tune(suite: Suite, **changes: Any) -> Suite:
-    """The suite with its ``tune`` settings changed."""
-    return dataclasses.replace(suite, tune=dataclasses.replace(suite.tune, **changes))
