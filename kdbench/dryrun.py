@@ -20,7 +20,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from scipy import stats as scipy_stats
 from tabulate import tabulate
 
 from kdbench.data import dataset_registry
@@ -43,10 +42,9 @@ Cell = tuple[str, str, str]  # (pair "teacher -> student", regime as shown, meth
 def minimum_detectable_effect(seed_sd: float, n: int, alpha: float = ALPHA, power: float = POWER) -> float | None:
     """The MDE of a paired two-sided t-test with ``n`` seeds (None below 2):
     ``(t_{1-alpha/2, n-1} + t_{power, n-1}) * sqrt(2) * seed_sd / sqrt(n)``."""
-    if n < 2 or not math.isfinite(seed_sd):
-        return None
-    t = scipy_stats.t
-    return float((t.ppf(1 - alpha / 2, n - 1) + t.ppf(power, n - 1)) * math.sqrt(2) * seed_sd / math.sqrt(n))
+    from kdbench.report.summary import minimum_detectable_effect as paired_mde  # the report's resolution line
+
+    return paired_mde(math.sqrt(2) * seed_sd, n, alpha, power)  # sqrt(2) * sd: the sd of a paired difference
 
 
 def _cell_of(spec: RunSpec) -> Cell:
