@@ -103,16 +103,16 @@ def _cmd_status(args: argparse.Namespace) -> int:
         run_dirs = [folder / kind / run_id for kind in ("teachers", "runs") for run_id in expected.get(kind, [])]
         jobs = {path: slurm.job_of(ref) for path in run_dirs
                 if not (path / store.RESULT).exists() and (ref := slurm.read_job_ref(path))}
-        if jobs:  # one sacct call for all of them
-            next(iter(jobs.values())).done(force_check=True)
+        job_states = slurm.current_states(jobs.values())  # one sacct call for all of them
         counts: dict[str, int] = {}
         lines = []
         for run_dir in run_dirs:
-            state = _run_state(run_dir, jobs.get(run_dir))
+            job = jobs.get(run_dir)
+            job_state = job_states[str(job.job_id)] if job is not None else None
+            state = _run_state(run_dir, job, job_state)
             counts[state] = counts.get(state, 0) + 1
-            if state in ("queued", "running") and run_dir in jobs:
-                lines.append(f"  {state:8} {run_dir.name}: job {jobs[run_dir].job_id} "
-                             f"({slurm.slurm_state(jobs[run_dir])})")
+            if state in ("queued", "running") and job is not None:
+                lines.append(f"  {state:8} {run_dir.name}: job {job.job_id} ({job_state})")
             elif state == "failed":
                 record = store.load_record(run_dir)
                 job = (record.job if record else None) or {}
@@ -121,10 +121,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
                 tail = [line for line in ((record.log_tail if record else None) or "").splitlines()
                         if line.strip()][-5:]
                 lines.extend(f"           | {line}" for line in tail)
-            elif state == "lost":
-                job = jobs[run_dir]
+            elif state == "lost" and job is not None:
                 lines.append(f"  lost     {run_dir.name}: job {job.job_id} ended "
-                             f"({slurm.slurm_state(job)}) without a record; `kdbench run` again resumes it")
+                             f"({job_state}) without a record; `kdbench run` again resumes it")
         total = sum(counts.values())
         print(f"{folder.name}: {total} jobs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
         for line in lines:
@@ -132,9 +131,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_state(run_dir: Path, job: Any = None) -> str:
+def _run_state(run_dir: Path, job: Any = None, job_state: str | None = None) -> str:
     """done | diverged | failed | running | queued (SLURM job waiting) | lost (job ended, no record) |
-    interrupted (checkpoint, no record, no job) | pending."""
+    interrupted (checkpoint, no record, no job) | pending. ``job_state``: the job's SLURM state, when known."""
     from kdbench import slurm
 
     try:
@@ -146,8 +145,8 @@ def _run_state(run_dir: Path, job: Any = None) -> str:
     if store.is_locked(run_dir):
         return "running"
     if job is not None:
-        if slurm.is_active(job):
-            return "running" if slurm.slurm_state(job) == "RUNNING" else "queued"
+        if slurm.is_active(job, job_state):
+            return "running" if (job_state or slurm.slurm_state(job)) == "RUNNING" else "queued"
         return "lost"
     return "interrupted" if (run_dir / store.CHECKPOINT).exists() else "pending"
 

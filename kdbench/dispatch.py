@@ -472,15 +472,33 @@ def _watch(jobs: dict[str, submitit.Job], settings: ExecutorSettings, collector:
     interruption goes up to the command line, which says so."""
     deadline = time.monotonic() + settings.max_wait_hours * 3600
     last_poll = float("-inf")
+    looked_ended: dict[str, float] = {}  # run id -> when its job first looked ended without a result
+    states: dict[str, str] = {}
     while jobs and time.monotonic() < deadline:
         if time.monotonic() - last_poll >= settings.poll_s:
-            next(iter(jobs.values())).done(force_check=True)  # one sacct call refreshes every job's state
+            states = slurm.current_states(jobs.values())  # one sacct call for every job
             last_poll = time.monotonic()
         for run_id, job in list(jobs.items()):
-            if job.done():
+            state = states.get(str(job.job_id), "UNKNOWN")
+            if _ended(run_id, job, state, looked_ended, settle_s=max(SETTLE_S, 2 * settings.poll_s)):
                 del jobs[run_id]
                 collector.finish(run_id, job)
         time.sleep(min(settings.poll_s, 1.0))
+
+
+SETTLE_S = 15.0
+"""How long a job must look ended without having written its result before it is collected as dead: a job
+being requeued (time limit, preemption) passes through states that look final for a moment."""
+
+
+def _ended(run_id: str, job: submitit.Job, state: str, looked_ended: dict[str, float], settle_s: float) -> bool:
+    if job.paths.result_pickle.exists():
+        return True
+    if slurm.is_active(job, state):
+        looked_ended.pop(run_id, None)
+        return False
+    now = time.monotonic()
+    return now - looked_ended.setdefault(run_id, now) >= settle_s
 
 
 def _wait_debug(job: submitit.Job) -> None:

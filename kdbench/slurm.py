@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import submitit
+from submitit.slurm.slurm import SlurmInfoWatcher
 
 from kdbench import store
 from kdbench.suite import ExecutorSettings
@@ -75,17 +77,38 @@ def job_of(ref: dict[str, Any]) -> submitit.Job:
     return cls(folder=ref["folder"], job_id=ref["job_id"])
 
 
-def slurm_state(job: submitit.Job, force: bool = False) -> str:
-    """The job's SLURM state as one word (``CANCELLED by 0`` -> ``CANCELLED``); refreshes sacct if ``force``.
+def current_states(jobs: Iterable[submitit.Job]) -> dict[str, str]:
+    """Each job's SLURM state now, as one word (``CANCELLED by 0`` -> ``CANCELLED``), by job id; one ``sacct``
+    call for all of them.
 
-    Right after submission the accounting database may not know the job yet (sacct answers nothing for a
-    moment); the controller does, so ``squeue`` is asked then. UNKNOWN only when neither knows."""
-    if force:
-        job.done(force_check=True)
-    state = (job.state or "UNKNOWN").split()[0].upper()
-    if state == "UNKNOWN":
-        state = queue_state(str(job.job_id)) or state
-    return state
+    Asked afresh every time: submitit's own watcher stops asking about a job once it has seen it in a state it
+    takes for final, and a job being requeued passes through such states for a moment, so its cached state can
+    stick. Right after submission the accounting database may not know a job yet; the controller does, so
+    ``squeue`` is asked then. UNKNOWN only when neither knows."""
+    jobs = list(jobs)
+    states = {str(job.job_id): (job.state or "UNKNOWN") for job in jobs if not isinstance(job, submitit.SlurmJob)}
+    slurm_ids = [str(job.job_id) for job in jobs if isinstance(job, submitit.SlurmJob)]
+    info = _sacct(slurm_ids) if slurm_ids else {}
+    states.update({job_id: info.get(job_id, {}).get("State") or "UNKNOWN" for job_id in slurm_ids})
+    words = {job_id: (state.split() or ["UNKNOWN"])[0].upper() for job_id, state in states.items()}
+    return {job_id: (queue_state(job_id) or state) if state == "UNKNOWN" else state for job_id, state in words.items()}
+
+
+def _sacct(job_ids: list[str]) -> dict[str, dict[str, str]]:
+    command = ["sacct", "-o", "JobID,State", "--parsable2"]
+    for base in sorted({job_id.split("_")[0] for job_id in job_ids}):
+        command += ["-j", base]
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    # submitit's parser: it expands array ranges (``12_[3-5]``) into one entry per element
+    return SlurmInfoWatcher().read_info(out.stdout) if out.returncode == 0 else {}
+
+
+def slurm_state(job: submitit.Job) -> str:
+    """The job's SLURM state now (see :func:`current_states`)."""
+    return current_states([job])[str(job.job_id)]
 
 
 def queue_state(job_id: str) -> str | None:
@@ -99,20 +122,23 @@ def queue_state(job_id: str) -> str | None:
     return states[0].upper() if out.returncode == 0 and states else None
 
 
-def is_active(job: submitit.Job) -> bool:
-    """True while the job may still run (queued, running, being requeued)."""
+def is_active(job: submitit.Job, state: str | None = None) -> bool:
+    """True while the job may still run (queued, running, being requeued): no result written yet, and sacct
+    (``state``, asked now when not given) or the controller still holds it in an active state. Accounting lags
+    the controller while a job is requeued, so a state that looks final is confirmed with ``squeue``."""
     if job.paths.result_pickle.exists():
         return False
-    return slurm_state(job, force=True) in ACTIVE_STATES
+    if (state or slurm_state(job)) in ACTIVE_STATES:
+        return True
+    return queue_state(str(job.job_id)) in ACTIVE_STATES
 
 
 def active_jobs(run_dirs: dict[str, Path]) -> dict[str, submitit.Job]:
     """Of the given runs without a finished record, those whose recorded SLURM job is still queued or running."""
     refs = {run_id: read_job_ref(path) for run_id, path in run_dirs.items() if not store.is_finished(path)}
     jobs = {run_id: job_of(ref) for run_id, ref in refs.items() if ref and ref.get("cluster") == "slurm"}
-    if jobs:  # one sacct call answers for every registered job
-        next(iter(jobs.values())).done(force_check=True)
-    return {run_id: job for run_id, job in jobs.items() if is_active(job)}
+    states = current_states(jobs.values())  # one sacct call answers for every registered job
+    return {run_id: job for run_id, job in jobs.items() if is_active(job, states[str(job.job_id)])}
 
 
 def log_tail(job: submitit.Job, lines: int = 30) -> str:
@@ -146,7 +172,7 @@ def job_ending(job: submitit.Job | None, log: str = "") -> tuple[str, str]:
         return "failed", job_error(job)
     if ran_out_of_memory(log):
         return "out of memory", "the log shows the memory-limit kill"
-    state = slurm_state(job, force=True)
+    state = slurm_state(job)
     if state in ENDINGS:
         return ENDINGS[state], f"job state {state}"
     if "KeyboardInterrupt" in log:
@@ -160,7 +186,7 @@ def job_error(job: submitit.Job | None) -> str:
     if job is None:
         return "not started"
     if not job.paths.result_pickle.exists():  # killed, cancelled, out of memory, node failure: only SLURM knows
-        return f"job state {slurm_state(job, force=True)}"
+        return f"job state {slurm_state(job)}"
     try:
         error = job.exception()
     except Exception as err:  # an unreadable result pickle
