@@ -19,7 +19,7 @@ RECIPE = {"epochs": 2, "batch_size": 8, "optimizer": "sgd", "lr": 0.1, "momentum
           "warmup_epochs": 0, "min_lr": 0.0, "grad_clip": None, "diverge_above": 1e4}
 # small settings so that methods with big default heads (GenDD) stay fast; unknown keys are not passed
 SMALL = {"width": 32, "mul": 2, "sample_steps": 4, "num_samples": 2, "warm_start_epochs": 1, "negatives": 16,
-         "init_epochs": 1}
+         "init_epochs": 1, "ae_channels": 16}
 TRAIN_SIZE = 40  # the batch's items are dataset indices 0..7 of a 40-item training split
 
 # methods that need labels are refused for the unlabeled regime at validation, so they are not run without

@@ -48,7 +48,8 @@ AUTHORS_CIFAR = {
 }
 FULL_SCALE = ("cifar100_full", "cifar100_lt", "imagenet_full", "imagenet_lt", "imagenet_unlabeled")
 # The reference code every row's source names (its repository's name, then the file in it).
-SOURCES = ("GenDD_cifar/", "GenDD_imagenet/", "RepDistiller/", "mdistiller/", "DIST_KD/", "DKL/")
+SOURCES = ("GenDD_cifar/", "GenDD_imagenet/", "RepDistiller/", "mdistiller/", "DIST_KD/", "DKL/", "MGD/", "mmpretrain/",
+           "image_classification_sota/")  # the last: DiffKD's training code (a submodule of hunto/DiffKD)
 
 
 # ------------------------------------------------------------------------------------------------ the table
@@ -129,7 +130,7 @@ def test_every_method_has_a_cifar100_and_an_imagenet_recipe_or_a_documented_gap(
     gaps = {(g.method, g.setting): g for g in recipe_gaps()}
     assert len(gaps) == len(recipe_gaps()), "one gap row per (method, setting)"
     methods = {name for name in registry.names() if registry.get(name).__module__.startswith("methods.")}
-    assert len(methods) == 22
+    assert len(methods) == 24
     for method in sorted(methods):
         for setting in ("cifar100", "imagenet"):
             assert setting in table.settings(method) or (method, setting) in gaps, f"{method}/{setting}"
