@@ -1,7 +1,8 @@
 """Dispatch a suite's plan as submitit jobs: teachers first, then the student runs that need them.
 
-Each job is a :class:`RunTask` over a run directory, so output paths come from run ids, never job ids, and
-re-dispatching a suite only runs what has no finished record. ``local`` runs ``workers`` processes at once
+Each job is a :class:`~kdbench.tasks.RunTask` over a run directory, or a :class:`~kdbench.tasks.PackTask` over
+``executor.runs_per_gpu`` of them trained side by side, so output paths come from run ids, never job ids, and
+re-dispatching a suite only runs what has no finished record. ``local`` runs ``workers`` jobs at once
 (submitit's local executor starts every job it is given, so concurrency is limited here); ``debug`` runs
 each job in this process; ``slurm`` submits the teachers as one job array and each teacher's students as an
 array that depends on it (``afterok``; none when the teacher finished earlier), attaching to jobs an earlier
@@ -26,74 +27,11 @@ from tqdm import tqdm
 from kdbench import slurm, store
 from kdbench.store.record import Environment, Record
 from kdbench.suite import ExecutorSettings, Plan, spec_id
-
-
-class RunTask(submitit.helpers.Checkpointable):
-    """The callable a job runs: execute (or resume) one run directory. Keeps no state but the path, so a
-    requeued job resumes from the run's own checkpoint. With several SLURM tasks (one per GPU) every task joins
-    one process group; locally, ``processes`` > 1 spawns that many gloo/NCCL processes."""
-
-    def __init__(self, run_dir: str, threads: int = 1, fail_job: bool = False, processes: int = 1) -> None:
-        self.run_dir = str(run_dir)
-        self.threads = threads
-        self.fail_job = fail_job  # SLURM: a failed run fails its job, so runs that depend on it are cancelled
-        self.processes = processes
-
-    def __call__(self) -> dict[str, Any]:
-        import torch
-
-        from kdbench import distributed
-        from kdbench.runner import execute
-
-        torch.set_num_threads(self.threads)
-        stop_with_parent()
-        if int(os.environ.get("SLURM_NTASKS", "1")) > 1:  # submitit started one task per GPU
-            submitit.helpers.TorchDistributedEnvironment().export()
-            distributed.init_from_env()
-            try:
-                record = execute(Path(self.run_dir))
-            finally:
-                distributed.shutdown()
-        elif self.processes > 1:
-            distributed.launch_local(_execute_rank, (self.run_dir, self.threads), self.processes)
-            record = store.load_record(Path(self.run_dir)) or Record(run_id=Path(self.run_dir).name, spec={},
-                                                                      state="failed", error="no record")
-        else:
-            record = execute(Path(self.run_dir))
-        if record.state == "failed" and self.fail_job:
-            raise RunFailedError(f"run {record.run_id} failed: {record.error or ''}")
-        return {"run_id": record.run_id, "state": record.state}
-
-
-def stop_with_parent() -> None:
-    """In a job's worker: Ctrl-C (SIGINT) stops it even where the shell started kdbench with SIGINT ignored
-    (``cmd &``, nohup), and on Linux the worker gets SIGINT when the process that started it dies, so no
-    worker trains on as an orphan. Either way it stops between two writes; its last epoch checkpoint stays."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    with contextlib.suppress(OSError, AttributeError):
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, int(signal.SIGINT), 0, 0, 0)
-
-
-def _execute_rank(run_dir: str, threads: int) -> None:
-    import torch
-
-    from kdbench.runner import execute
-
-    torch.set_num_threads(threads)
-    execute(Path(run_dir))
+from kdbench.tasks import make_task
 
 
 class SubmissionError(RuntimeError):
     """The cluster refused a submission (bad partition/account/option, or no sbatch): nothing of it started."""
-
-
-class RunFailedError(RuntimeError):
-    """A run ended with a ``failed`` record (its record holds the traceback)."""
 
 
 def suite_dir(results_root: Path, plan: Plan) -> Path:
@@ -281,57 +219,74 @@ def dispatch(plan: Plan, results_root: Path, settings: ExecutorSettings, progres
 
 def _dispatch_local(plan: Plan, root: Path, settings: ExecutorSettings, queue: list[str],
                     collector: _Collector) -> None:
+    """``workers`` jobs at once, each one run or a pack of ``runs_per_gpu`` ready runs (their teacher done)."""
     workers = 1 if settings.name == "debug" else (settings.workers or os.cpu_count() or 1)
     executor = make_executor(settings, root / ".submitit")
     watchdog_s = settings.timeout_min * 60 + 300
-    running: dict[str, tuple[submitit.Job, float]] = {}
+    running: list[tuple[submitit.Job, list[str], float]] = []
     try:
         while queue or running:
             progressed = False
-            for run_id in list(queue):
-                if len(running) >= workers:
+            while len(running) < workers:
+                pack = _ready_pack(plan, queue, {r for _, ids, _ in running for r in ids}, collector,
+                                   settings.runs_per_gpu)
+                if not pack:
                     break
-                teacher_id = plan.runs[run_id].teacher_id if run_id in plan.runs else None
-                if teacher_id:
-                    if teacher_id in queue or teacher_id in running:
-                        continue
-                    problem = collector.teacher_problem(run_id)
-                    if problem:
-                        queue.remove(run_id)
-                        collector.finish(run_id, None, problem)
-                        progressed = True
-                        continue
-                queue.remove(run_id)
-                job = executor.submit(RunTask(str(collector.dirs[run_id]), settings.threads_per_worker,
-                                              processes=settings.processes()))
-                running[run_id] = (job, time.monotonic())
+                job = executor.submit(make_task([collector.dirs[run_id] for run_id in pack],
+                                                settings.threads_per_worker, processes=settings.processes()))
+                running.append((job, pack, time.monotonic()))
                 progressed = True
                 if settings.name == "debug":
                     _wait_debug(job)
-            for run_id, (job, started) in list(running.items()):
-                if job.done():
-                    del running[run_id]
-                    collector.finish(run_id, job)
-                    progressed = True
-                elif time.monotonic() - started > watchdog_s:
+            for entry in list(running):
+                job, pack, started = entry
+                reason = None
+                if not job.done():
+                    if time.monotonic() - started <= watchdog_s:
+                        continue
                     job.cancel(check=False)
-                    del running[run_id]
-                    collector.finish(run_id, job, f"job {job.job_id} exceeded {watchdog_s}s and was cancelled")
-                    progressed = True
+                    reason = f"job {job.job_id} exceeded {watchdog_s}s and was cancelled"
+                running.remove(entry)
+                for run_id in pack:
+                    collector.finish(run_id, job, reason)
+                progressed = True
             if not progressed:
                 time.sleep(0.25)
     finally:
         if running:  # interrupted (Ctrl-C, SIGTERM, SIGHUP): stop what we started; checkpoints stay
-            stop_jobs({collector.dirs[run_id]: job for run_id, (job, _) in running.items()})
+            stop_jobs({collector.dirs[run_id]: job for job, pack, _ in running for run_id in pack})
+
+
+def _ready_pack(plan: Plan, queue: list[str], running: set[str], collector: _Collector, size: int) -> list[str]:
+    """Up to ``size`` queued runs that can start now (removed from ``queue``): their teacher, if any, has a done
+    record. A run whose teacher ended otherwise is finished as failed on the way, naming why."""
+    pack: list[str] = []
+    for run_id in list(queue):
+        if len(pack) >= size:
+            break
+        teacher_id = plan.runs[run_id].teacher_id if run_id in plan.runs else None
+        if teacher_id:
+            if teacher_id in queue or teacher_id in running or teacher_id in pack:
+                continue
+            problem = collector.teacher_problem(run_id)
+            if problem:
+                queue.remove(run_id)
+                collector.finish(run_id, None, problem)
+                continue
+        queue.remove(run_id)
+        pack.append(run_id)
+    return pack
 
 
 def stop_jobs(jobs: dict[Path, submitit.Job], grace_s: float = 30.0) -> None:
-    """Stop local jobs (by run folder) and wait until no worker holds its run's lock any more, so none keeps
-    training: SIGINT to each job (the worker stops; its last epoch checkpoint stays); a job that does not end
-    within 5 s is killed, which its worker answers as SIGINT too (:func:`stop_with_parent`). Further signals
-    are ignored meanwhile, so a second Ctrl-C cannot cut the clean-up short."""
+    """Stop local jobs (by run folder; a pack's job is named by each of its runs) and wait until no worker holds
+    its run's lock any more, so none keeps training: SIGINT to each job (the worker stops; its last epoch
+    checkpoint stays); a job that does not end within 5 s is killed, which its worker answers as SIGINT too
+    (:func:`kdbench.tasks.stop_with_parent`). Further signals are ignored meanwhile, so a second Ctrl-C cannot cut
+    the clean-up short."""
+    unique = list({id(job): job for job in jobs.values()}.values())
     with ignored_signals():
-        for job in jobs.values():
+        for job in unique:
             process = getattr(job, "_process", None)  # submitit's local job keeps its controller process here
             workers = _child_pids(process.pid) if process is not None else []
             for pid in workers:  # the worker itself: its controller would print a KeyboardInterrupt traceback
@@ -339,9 +294,9 @@ def stop_jobs(jobs: dict[Path, submitit.Job], grace_s: float = 30.0) -> None:
                     os.kill(pid, signal.SIGINT)
             if not workers:
                 job.cancel(check=False)
-        _wait(lambda: all(job.done() for job in jobs.values()), 5.0)
-        for job in jobs.values():
-            process = getattr(job, "_process", None)  # submitit's local job keeps its controller process here
+        _wait(lambda: all(job.done() for job in unique), 5.0)
+        for job in unique:
+            process = getattr(job, "_process", None)
             if process is not None and process.poll() is None:
                 process.kill()
                 process.wait(timeout=10)
@@ -419,16 +374,20 @@ def _submit_array(settings: ExecutorSettings, root: Path, kind: str, run_ids: li
     folder = root / ".submitit"
     executor = slurm.slurm_executor(settings, folder, kind, dependency, job_name=f"kdb-{root.name}")
     resources = settings.for_kind(kind)
-    threads = max(1, resources.cpus_per_task // resources.processes())
+    size = resources.runs_per_gpu
+    packs = [run_ids[start:start + size] for start in range(0, len(run_ids), size)]
+    threads = max(1, resources.cpus_per_task // (resources.processes() * len(packs[0])))
     try:
         with executor.batch():
-            jobs = [executor.submit(RunTask(str(dirs[run_id]), threads, fail_job=True)) for run_id in run_ids]
+            jobs = [executor.submit(make_task([dirs[run_id] for run_id in pack], threads, fail_job=True))
+                    for pack in packs]
     except (submitit.core.utils.FailedJobError, OSError) as err:  # sbatch missing or refusing the options
         raise SubmissionError(f"sbatch refused the {kind} job array ({len(run_ids)} runs): "
                               f"{str(err).strip() or type(err).__name__}") from None
-    for run_id, job in zip(run_ids, jobs, strict=True):
+    by_run = {run_id: job for pack, job in zip(packs, jobs, strict=True) for run_id in pack}
+    for run_id, job in by_run.items():
         slurm.write_job_ref(dirs[run_id], job, "slurm", folder)
-    return dict(zip(run_ids, jobs, strict=True))
+    return by_run
 
 
 def _dispatch_slurm(plan: Plan, root: Path, settings: ExecutorSettings, queue: list[str],

@@ -225,15 +225,16 @@ def write_plan_json(suite: Suite, plan: Plan, path: Path) -> None:
 
 
 def _executor_line(executor: ExecutorSettings) -> str:
+    packed = f", {executor.runs_per_gpu} runs packed per job" if executor.runs_per_gpu > 1 else ""
     if executor.name != "slurm":
-        return f"executor: {executor.name}"
+        return f"executor: {executor.name}{packed}"
     parts = [f"{k} {getattr(executor, k)}" for k in ("partition", "account", "qos", "constraint")
              if getattr(executor, k)]
     parts += [f"{executor.gpus_per_run} GPU(s), {executor.cpus_per_task} CPU(s) per run",
               f"time limit {executor.timeout_min} min"]
     if executor.teacher:
         parts.append(f"teacher jobs: {executor.teacher}")
-    return "executor: slurm, " + ", ".join(parts)
+    return "executor: slurm, " + ", ".join(parts) + packed
 
 
 def mde_lines(suite: Suite, baseline: str, sds: Iterable[SeedSd], folder: Path) -> list[str]:
@@ -262,7 +263,13 @@ def _unit(executor: ExecutorSettings, short: bool = False) -> str:
 
 
 def _hours_per_run(executor: ExecutorSettings, kind: str) -> tuple[float, bool]:
-    """Device-hours of one ``kind`` job (GPUs x wall hours), and whether that is the time limit's upper bound."""
+    """Device-hours of one ``kind`` run (GPUs x wall hours; a packed job's are shared by its ``runs_per_gpu``
+    runs, the job taken to last as long as one run alone), and whether that is the time limit's upper bound."""
+    per_job, bound = _hours_per_job(executor, kind)
+    return per_job / executor.for_kind(kind).runs_per_gpu, bound
+
+
+def _hours_per_job(executor: ExecutorSettings, kind: str) -> tuple[float, bool]:
     settings = executor.for_kind(kind)
     per_run = settings.hours_per_run
     bound = per_run is None
@@ -271,9 +278,14 @@ def _hours_per_run(executor: ExecutorSettings, kind: str) -> tuple[float, bool]:
 
 
 def _gpu_hours(executor: ExecutorSettings, teachers: int, runs: int) -> str:
-    (t_per, t_bound), (s_per, s_bound) = _hours_per_run(executor, "teacher"), _hours_per_run(executor, "student")
-    t_hours, s_hours = teachers * t_per, runs * s_per
+    (t_per, t_bound), (s_per, s_bound) = _hours_per_job(executor, "teacher"), _hours_per_job(executor, "student")
+    size = executor.runs_per_gpu
+    t_hours, s_hours = math.ceil(teachers / size) * t_per, math.ceil(runs / size) * s_per
     how = "upper bound from the time limits (set executor.hours_per_run for an estimate)" if t_bound or s_bound \
         else "from executor.hours_per_run"
+    packed = ""
+    if executor.runs_per_gpu > 1:
+        packed = (f"; {executor.runs_per_gpu} runs packed per job, counted as lasting one run's time (they share "
+                  f"a device a single CIFAR-size run leaves mostly idle; `python -m kdbench bench gpu` measures it)")
     return (f"estimated {_unit(executor)}: {t_hours + s_hours:,.0f} ({t_hours:,.0f} teachers + {s_hours:,.0f} "
-            f"students; {how})")
+            f"students; {how}{packed})")

@@ -42,7 +42,7 @@ TOP_KEYS = ("name", "description", "extends", "dataset", "regimes", "pairs", "me
 EXECUTORS = ("debug", "local", "slurm")
 SLURM_RESOURCE_KEYS = ("partition", "account", "qos", "constraint", "gpus_per_run", "cpus_per_task", "mem_gb",
                        "timeout_min", "array_parallelism", "max_requeues", "signal_delay_s", "sbatch", "hours_per_run",
-                       "processes_per_run")
+                       "processes_per_run", "runs_per_gpu")
 """The executor keys a suite's ``executor.teacher`` may override for teacher jobs."""
 
 
@@ -85,6 +85,8 @@ class ExecutorSettings(Settings):
     to stop (it then resumes from its last epoch checkpoint in the requeued job). With ``wait: false`` a SLURM
     submission returns at once; ``python -m kdbench status DIR`` collects later. ``max_wait_hours`` bounds how
     long a waiting submission watches the queue (jobs keep running after it gives up watching).
+    ``runs_per_gpu: N`` packs N runs into one job that trains them side by side, one process each, on the job's
+    device(s) (locally and on SLURM; ``workers`` then counts jobs); every packed run is the run it would be alone.
     """
 
     name: str = setting("local", one_of("executor", *EXECUTORS))
@@ -111,6 +113,8 @@ class ExecutorSettings(Settings):
     # GPU (gpus_per_run), at least 1
     amp: str = setting("auto", _SWITCH)  # bf16 autocast: auto (on for GPUs), on, off
     channels_last: str = setting("auto", _SWITCH)  # channels-last memory format: auto (on for GPUs), on, off
+    runs_per_gpu: int = setting(1, at_least(1, got=False))  # runs packed into one job, one process each, sharing
+    # its device(s) (a CIFAR run uses a fraction of a modern GPU); needs one process per run
     deterministic: bool = False  # torch.use_deterministic_algorithms + cudnn.deterministic (GPU runs repeat
     # bit for bit at some speed cost; CPU runs of one seed and world size are identical already); recorded in env
 
@@ -121,6 +125,9 @@ class ExecutorSettings(Settings):
     def check(self, key: str) -> None:
         """The declared constraints, then the teacher overrides: known keys, and valid once applied."""
         super().check(key)
+        require(self.runs_per_gpu == 1 or self.processes() == 1, f"{key}.runs_per_gpu",
+                f"packs {self.runs_per_gpu} runs into one job, one process each, but each run trains in "
+                f"{self.processes()} data-parallel processes (gpus_per_run / processes_per_run): use one or the other")
         for name in self.teacher:
             require(name in SLURM_RESOURCE_KEYS, f"{key}.teacher.{name}",
                     f"unknown key '{name}' (teacher jobs may override: {', '.join(SLURM_RESOURCE_KEYS)})")
