@@ -48,8 +48,9 @@ AUTHORS_CIFAR = {
 }
 FULL_SCALE = ("cifar100_full", "cifar100_lt", "imagenet_full", "imagenet_lt", "imagenet_unlabeled")
 # The reference code every row's source names (its repository's name, then the file in it).
+# image_classification_sota: DiffKD's training code (a submodule of hunto/DiffKD); cls_KD: MGD's authors' CIFAR configs
 SOURCES = ("GenDD_cifar/", "GenDD_imagenet/", "RepDistiller/", "mdistiller/", "DIST_KD/", "DKL/", "MGD/", "mmpretrain/",
-           "image_classification_sota/")  # the last: DiffKD's training code (a submodule of hunto/DiffKD)
+           "image_classification_sota/", "cls_KD/")
 
 
 # ------------------------------------------------------------------------------------------------ the table
