@@ -32,59 +32,84 @@ def _digits_kd(seed: int, student_name: str = "kdb_cnn_nano"):
 RECIPE = {"epochs": 1, "batch_size": 64, "optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": False,
           "betas": [0.9, 0.999], "weight_decay": 5e-4, "schedule": "constant", "milestones": [], "lr_decay": 0.1,
           "warmup_epochs": 0, "min_lr": 0.0, "grad_clip": None, "diverge_above": 1e4}
+STUDENTS = ("kdb_cnn_nano", "kdb_cnn_small")
 
 
-def harness_epoch(seed: int, folder: Path, student_name: str = "kdb_cnn_nano") -> float:
-    """Seconds of one epoch through the harness's loop (``fit``: train, evaluate, checkpoint, metrics line)."""
+def harness_epochs(seed: int, folder: Path, student_name: str = "kdb_cnn_nano", epochs: int = 1) -> float:
+    """Seconds of ``epochs`` epochs through the harness's loop (``fit``: train, evaluate, checkpoint and metrics
+    line after every epoch)."""
     from kdbench.engine import TrainState, fit
 
     splits, regime, student, teacher, method = _digits_kd(seed, student_name)
     ts = TrainState(student=student, teacher=teacher, method=method, train=splits.train, regime=regime,
-                    test=splits.test, recipe=RECIPE, eval_batch_size=512, seed=seed, device=torch.device("cpu"),
-                    run_dir=folder, log=lambda m: None)
+                    test=splits.test, recipe={**RECIPE, "epochs": epochs}, eval_batch_size=512, seed=seed,
+                    device=torch.device("cpu"), run_dir=folder, log=lambda m: None)
     began = time.perf_counter()
     fit(ts)
     return time.perf_counter() - began
 
 
-def hand_epoch(seed: int, student_name: str = "kdb_cnn_nano") -> float:
-    """Seconds of the same epoch written by hand: shuffled batches, KD loss, SGD, then top-1 on the test set."""
+def hand_epochs(seed: int, student_name: str = "kdb_cnn_nano", epochs: int = 1) -> float:
+    """Seconds of the same epochs written by hand: shuffled batches, KD loss, SGD, then top-1 on the test set."""
     from methods.kd import kd_loss
 
     splits, _, student, teacher, _ = _digits_kd(seed, student_name)
     optimizer = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     x_all, y_all = splits.train.x, splits.train.y
     began = time.perf_counter()
-    student.train()
-    order = torch.randperm(len(y_all), generator=torch.Generator().manual_seed(seed))
-    for start in range(0, len(order), 64):
-        idx = order[start:start + 64]
-        x, y = x_all[idx], y_all[idx]
-        logits = student(x).logits
+    for epoch in range(epochs):
+        student.train()
+        order = torch.randperm(len(y_all), generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        for start in range(0, len(order), 64):
+            idx = order[start:start + 64]
+            x, y = x_all[idx], y_all[idx]
+            logits = student(x).logits
+            with torch.no_grad():
+                t_logits = teacher(x).logits
+            loss = 0.9 * kd_loss(logits, t_logits, 4.0) + 0.1 * F.cross_entropy(logits, y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        student.eval()
         with torch.no_grad():
-            t_logits = teacher(x).logits
-        loss = 0.9 * kd_loss(logits, t_logits, 4.0) + 0.1 * F.cross_entropy(logits, y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    student.eval()
-    with torch.no_grad():
-        for i in range(0, len(splits.test), 512):
-            _ = int((student(splits.test.x[i:i + 512]).logits.argmax(1) == splits.test.y[i:i + 512]).sum())
+            for i in range(0, len(splits.test), 512):
+                _ = int((student(splits.test.x[i:i + 512]).logits.argmax(1) == splits.test.y[i:i + 512]).sum())
     return time.perf_counter() - began
 
 
-def bench_overhead(repeats: int = 7, student: str = "kdb_cnn_nano") -> None:
-    """Alternate harness and hand-written epochs; print the median of each and their ratio."""
-    torch.set_num_threads(1)
+def measure_overhead(student: str, repeats: int, epochs: int) -> dict[str, float]:
+    """Interleaved harness/hand-written measurements (after one warm-up of each), the order alternating every
+    repetition (AB BA AB ...) so that a change of machine load hits both sides alike; the ratio of each pair."""
+    with tempfile.TemporaryDirectory() as folder:
+        harness_epochs(0, Path(folder), student, 1)
+    hand_epochs(0, student, 1)
     harness, hand = [], []
     for i in range(repeats):
-        with tempfile.TemporaryDirectory() as folder:
-            harness.append(harness_epoch(i, Path(folder), student))
-        hand.append(hand_epoch(i, student))
-    h, m = statistics.median(harness), statistics.median(hand)
-    print(f"device: {device_name(torch.device('cpu'))}; KD, kdb_cnn_base -> {student}, digits, batch 64, "
-          f"{repeats} alternating epochs each")
-    print(f"harness epoch (train + eval + checkpoint + metrics): median {h * 1000:.1f} ms")
-    print(f"hand-written loop (train + eval):                    median {m * 1000:.1f} ms")
-    print(f"ratio harness / hand-written: {h / m:.3f}")
+        runs = [lambda i=i: _harness_fresh(i, student, epochs), lambda i=i: hand_epochs(i, student, epochs)]
+        first, second = runs if i % 2 == 0 else runs[::-1]
+        a, b = first(), second()
+        h, m = (a, b) if i % 2 == 0 else (b, a)
+        harness.append(h)
+        hand.append(m)
+    ratios = [h / m for h, m in zip(harness, hand, strict=True)]
+    return {"ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+            "harness_s_median": statistics.median(harness), "hand_s_median": statistics.median(hand),
+            "repeats": repeats, "epochs": epochs}
+
+
+def _harness_fresh(seed: int, student: str, epochs: int) -> float:
+    with tempfile.TemporaryDirectory() as folder:  # a fresh run folder: no checkpoint to resume from
+        return harness_epochs(seed, Path(folder), student, epochs)
+
+
+def bench_overhead(repeats: int = 9, students: tuple[str, ...] = STUDENTS, epochs: int = 3) -> dict[str, dict]:
+    """Print, per student, the harness / hand-written ratio of interleaved repetitions (median, min, max)."""
+    torch.set_num_threads(1)
+    results = {student: measure_overhead(student, repeats, epochs) for student in students}
+    print(f"device: {device_name(torch.device('cpu'))}; KD from kdb_cnn_base, digits, batch 64, {epochs} epoch(s) "
+          f"per measurement, {repeats} interleaved pairs (AB BA ...) per student")
+    print("harness = train + evaluate + checkpoint + metrics line every epoch; hand-written = train + evaluate")
+    for student, r in results.items():
+        print(f"{student:14} harness {r['harness_s_median'] * 1000:7.1f} ms  hand {r['hand_s_median'] * 1000:7.1f} ms"
+              f"  ratio median {r['ratio_median']:.3f} (min {r['ratio_min']:.3f}, max {r['ratio_max']:.3f})")
+    return results

@@ -199,6 +199,51 @@ class FitOutcome:
     resumes: list[dict[str, Any]] = field(default_factory=list)  # each restart: the phase and epoch it resumed at
 
 
+SYNC_EVERY = 32
+"""Training steps between two reads of the step losses and gradient norms on the host. Reading a value of the
+device after every step would make a GPU wait for each step; the values are kept on the device and checked in
+order every ``SYNC_EVERY`` steps and at the epoch's end, so the divergence decision, the spike count and the
+grad-norm peak are those of checking every step (a diverged epoch ends at the sync after its first bad step and
+is recorded at that step; the steps taken after it are lost with the run)."""
+
+
+class _StepLog:
+    """The per-step losses and gradient norms of one epoch, kept on the device and read ``SYNC_EVERY`` steps at a
+    time: whether a step diverged (first bad step wins), loss spikes, the grad-norm peak and non-finite norms."""
+
+    def __init__(self, ts: TrainState, phase: Phase) -> None:
+        self.ts, self.bound = ts, phase.recipe.diverge_above
+        self.losses: list[torch.Tensor] = []
+        self.norms: list[torch.Tensor] = []
+        self.checked = 0
+        self.grad_norm_max = 0.0
+        self.spikes = self.nonfinite_grads = 0
+
+    def add(self, loss: torch.Tensor, norm: torch.Tensor) -> None:
+        self.losses.append(loss.detach().float())
+        self.norms.append(norm.detach().float())
+
+    def check(self) -> str | None:
+        """Read the pending steps in order; the reason of the first diverged one, else None."""
+        if not self.losses:
+            return None
+        losses = distributed.sum_across(torch.stack(self.losses).double()) / distributed.world_size()
+        for step, (value, norm) in enumerate(zip(losses.tolist(), torch.stack(self.norms).tolist(), strict=True),
+                                             start=self.checked + 1):
+            if not math.isfinite(value):
+                return f"non-finite loss {value} at step {step}"
+            if value > self.bound:
+                return f"loss {value:.4g} at step {step} above the bound {self.bound:g}"
+            if math.isfinite(norm):
+                self.grad_norm_max = max(self.grad_norm_max, norm)
+            else:
+                self.nonfinite_grads += 1
+            self.spikes += self.ts.spikes.observe(value)
+        self.checked += len(self.losses)
+        self.losses, self.norms = [], []
+        return None
+
+
 def _train_epoch(ts: TrainState, phase: Phase, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler, epoch: int,
                  steps: int) -> tuple[dict[str, float], str | None]:
@@ -209,8 +254,7 @@ def _train_epoch(ts: TrainState, phase: Phase, optimizer: torch.optim.Optimizer,
     names: list[str] | None = None
     totals: torch.Tensor | None = None  # running sums of the loss terms, one vector add per step
     done = 0
-    grad_norm_max = 0.0
-    spikes = nonfinite_grads = 0
+    log = _StepLog(ts, phase)
     params = [p for g in optimizer.param_groups for p in g.get("params")]
     clip = phase.recipe.grad_clip
     for batch in train_batches(ts.train, ts.regime.indices, phase.recipe.batch_size, labeled=ts.regime.labeled,
@@ -226,24 +270,13 @@ def _train_epoch(ts: TrainState, phase: Phase, optimizer: torch.optim.Optimizer,
             terms = phase.losses(batch, s, t)
         stacked = torch.stack([term.float() for term in terms.values()])
         loss = stacked.sum()
-        value = distributed.mean_across(float(loss.detach()))  # every rank takes the same divergence decision
-        if not math.isfinite(value):
-            return {}, f"non-finite loss {value} at step {done + 1}"
-        if value > phase.recipe.diverge_above:
-            return {}, f"loss {value:.4g} at step {done + 1} above the bound {phase.recipe.diverge_above:g}"
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         distributed.average_gradients(params)
-        grads = [p.grad for p in params if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm(grads)
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
         if clip:
             torch.nn.utils.clip_grads_with_norm_(params, clip, norm)
-        grad_norm = float(norm)
-        if math.isfinite(grad_norm):
-            grad_norm_max = max(grad_norm_max, grad_norm)
-        else:
-            nonfinite_grads += 1
-        spikes += ts.spikes.observe(value)
+        log.add(loss, norm)
         if phase.main:
             step_hook(ts.method, optimizer, epoch * steps + done, phase.recipe.epochs * steps)
         optimizer.step()
@@ -252,11 +285,15 @@ def _train_epoch(ts: TrainState, phase: Phase, optimizer: torch.optim.Optimizer,
             names, totals = list(terms), torch.zeros(len(terms) + 1, device=ts.device)
         totals += torch.cat([stacked.detach(), loss.detach()[None]])
         done += 1
+        if done % SYNC_EVERY == 0 and (diverged := log.check()):
+            return {}, diverged
+    if diverged := log.check():
+        return {}, diverged
     if totals is not None:
         totals = distributed.sum_across(totals) / distributed.world_size()
     values = totals.tolist() if totals is not None else []
     means = {f"train_{k}": v / max(1, done) for k, v in zip([*(names or []), "loss"], values, strict=False)}
-    means.update(grad_norm_max=grad_norm_max, loss_spikes=spikes, nonfinite_grads=nonfinite_grads)
+    means.update(grad_norm_max=log.grad_norm_max, loss_spikes=log.spikes, nonfinite_grads=log.nonfinite_grads)
     return means, None
 
 
