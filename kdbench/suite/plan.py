@@ -26,7 +26,10 @@ from kdbench.suite.schema import Entry, Pair, Suite
 def spec_id(spec: RunSpec | dict[str, Any]) -> str:
     """Run id: the first 12 hex digits of the SHA-256 of the canonical JSON of the resolved spec."""
     hashed = jsonable(spec.to_dict() if isinstance(spec, RunSpec) else spec)
-    hashed.get("dataset", {}).get("params", {}).pop("root", None)  # where the data sits is not what it is
+    params = hashed.get("dataset", {}).get("params", {})
+    params.pop("root", None)  # where the data sits is not what it is
+    if params.get("decoder") == "pil":  # the default image decoder: ids from before the option stay
+        params.pop("decoder")
     hashed.pop("runtime", None)  # how it is computed (bf16, memory format) is recorded, not part of what it is
     hashed.pop("provenance", None)  # where its values come from (reference recipe, deviations): not what it is
     hashed.pop("tuned", None)  # nor how a tuning stage chose them: the chosen values are in the spec
