@@ -2,8 +2,9 @@
 
 A method is a ``torch.nn.Module`` registered by name. It owns only what it adds (projectors, a diffusion
 head); the trainer owns the student, the teacher and the loop. ``losses`` returns named, already weighted
-terms; the trainer sums them. Methods are found by scanning the ``methods`` package (one file per method)
-and the ``kdbench.methods`` entry-point group of installed packages.
+terms; the trainer sums them. Methods are found by scanning the checkout's ``methods/`` folder (one file per
+method; installed as the package ``kdbench.methods``), the ``kdbench.methods`` entry-point group of installed
+packages, and the folders of ``$KDBENCH_METHODS`` (``--methods DIR``).
 
 What the engine calls on every method (:class:`Method`): ``needs``, ``losses``, ``predict``, ``param_groups``,
 ``stages``, ``incompatibility``; ``description``, ``uses`` and ``name`` describe it, and ``report_hints``
@@ -30,11 +31,15 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
 import inspect
+import os
 import pkgutil
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -352,9 +357,15 @@ def hyperparameters(cls: type[Method]) -> dict[str, inspect.Parameter]:
 
 _discovered = False
 
+METHODS_ENV = "KDBENCH_METHODS"
+"""Folders of a user's own method files (``os.pathsep``-separated), set by ``--methods DIR``; the environment
+carries it to every worker and SLURM job, so they find the same methods."""
 
-def discover_methods(package: str = "methods") -> Registry[type[Method]]:
-    """Import every module of the ``methods`` package and every ``kdbench.methods`` entry point, once."""
+
+def discover_methods(package: str = "kdbench.methods") -> Registry[type[Method]]:
+    """Import, once: every module of the shipped methods package (the checkout's ``methods/`` folder, installed
+    as ``kdbench.methods``), every ``kdbench.methods`` entry point of installed packages, and every ``*.py`` file
+    in the folders of ``$KDBENCH_METHODS``."""
     global _discovered
     if not _discovered:
         pkg = importlib.import_module(package)
@@ -363,5 +374,31 @@ def discover_methods(package: str = "methods") -> Registry[type[Method]]:
                 importlib.import_module(f"{package}.{info.name}")
         for ep in entry_points(group="kdbench.methods"):
             ep.load()
+        for folder in filter(None, os.environ.get(METHODS_ENV, "").split(os.pathsep)):
+            load_method_folder(Path(folder))
         _discovered = True
     return method_registry
+
+
+def load_method_folder(folder: Path) -> list[str]:
+    """Import every ``*.py`` file of ``folder`` (not ``_*``) as a method plugin (``kdbench_user_methods.<stem>``);
+    returns the module names. A missing folder raises ``FileNotFoundError`` naming it."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"method folder '{folder}' does not exist (--methods / ${METHODS_ENV})")
+    names = []
+    for path in sorted(folder.glob("*.py")):
+        if path.name.startswith("_"):
+            continue
+        name = f"kdbench_user_methods.{path.stem}"
+        if name not in sys.modules:
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[name]
+                raise
+        names.append(name)
+    return names

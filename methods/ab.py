@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from kdbench.method import Batch, Method, Needs, Stage, ce_term, register_method
+from kdbench.methods.feature_utils import as_map, feature_parameters, init_stage, missing_preact, paired_stages
+from kdbench.methods.fitnet import regressor
 from kdbench.models import Network, Outputs
-from methods.feature_utils import as_map, feature_parameters, init_stage, missing_preact, paired_stages
-from methods.fitnet import regressor
 
 
 def ab_boundary_loss(source: torch.Tensor, target: torch.Tensor, margin: float = 1.0) -> torch.Tensor:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 
 from kdbench.method import Batch, Method, Needs, ce_term, register_method
+from kdbench.methods.feature_utils import NormalizedEmbed
 from kdbench.models import Network, Outputs
-from methods.feature_utils import NormalizedEmbed
 
 
 def cc_loss(student_embedding: torch.Tensor, teacher_embedding: torch.Tensor) -> torch.Tensor:

@@ -21,8 +21,8 @@ from torch import nn
 
 from kdbench import distributed
 from kdbench.method import Batch, BindsData, Method, Needs, RecordExtras, ce_term, register_method
+from kdbench.methods.feature_utils import NormalizedEmbed
 from kdbench.models import Network, Outputs
-from methods.feature_utils import NormalizedEmbed
 
 
 def nce_loss(scores: torch.Tensor, num_data: int, eps: float = 1e-7) -> torch.Tensor:

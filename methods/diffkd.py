@@ -64,9 +64,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdbench.method import Batch, Method, Needs, ce_term, register_method
+from kdbench.methods.feature_utils import as_map, same_size
+from kdbench.methods.kd import kd_loss
 from kdbench.models import Network, Outputs
-from methods.feature_utils import as_map, same_size
-from methods.kd import kd_loss
 
 # ---------------------------------------------------------------------------------------------- pure pieces
 

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from kdbench.method import Batch, Method, Needs, StepHooks, register_method
+from kdbench.methods.logit_utils import linear_warmup, standardize
 from kdbench.models import Network, Outputs
-from methods.logit_utils import linear_warmup, standardize
 
 MASKED = 1000.0  # subtracted from the target logit (over T) to take it out of the non-target softmax
 

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from kdbench.method import Batch, Method, Needs, Stage, ce_term, register_method
+from kdbench.methods.feature_utils import feature_parameters, init_stage
 from kdbench.models import Network, Outputs
-from methods.feature_utils import feature_parameters, init_stage
 
 
 def fsp_matrices(maps: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdbench.method import Batch, Method, Needs, Stage, ce_term, register_method
+from kdbench.methods.feature_utils import init_stage
 from kdbench.models import Network, Outputs
-from methods.feature_utils import init_stage
 
 
 def _conv_stack(chs: list[int], transposed: bool = False, bn: bool = False) -> nn.Sequential:

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 
 from kdbench import distributed
 from kdbench.method import Batch, Method, Needs, StepHooks, register_method
+from kdbench.methods.logit_utils import linear_warmup
 from kdbench.models import Network, Outputs
-from methods.logit_utils import linear_warmup
 
 
 def ikl_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, weights: torch.Tensor,

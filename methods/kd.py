@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from kdbench.method import Batch, Method, Needs, ce_term, register_method
+from kdbench.methods.logit_utils import standardize
 from kdbench.models import Network, Outputs
-from methods.logit_utils import standardize
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:

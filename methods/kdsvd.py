@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 
 from kdbench.method import Batch, Method, Needs, ce_term, register_method
+from kdbench.methods.feature_utils import paired_stages
 from kdbench.models import Network, Outputs
-from methods.feature_utils import paired_stages
 
 
 def singular_vectors(feature: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:

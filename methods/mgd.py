@@ -42,9 +42,10 @@ holds the student *and* A and G (``base_parameters()``); ``res50_distill_mv1_img
 norm 5. Teachers are mmcls's ResNet-34 (73.62) and ResNet-50 (76.55) checkpoints.
 
 kdbench deviations: the official code asserts equal spatial sizes; here, where they differ, the larger map is
-average-pooled to the smaller (as :func:`methods.feature_utils.same_size` does for AT), so every pair runs. Vector
-stages (MLPs) are read as 1x1 maps. The mask is drawn on the feature's device (the official code draws it on the
-CPU and copies it), which changes the random stream, not the distribution. No labels needed (CE is then dropped).
+average-pooled to the smaller (as :func:`kdbench.methods.feature_utils.same_size` does for AT), so every pair
+runs. Vector stages (MLPs) are read as 1x1 maps. The mask is drawn on the feature's device (the official code
+draws it on the CPU and copies it), which changes the random stream, not the distribution. No labels needed (CE
+is then dropped).
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdbench.method import Batch, Method, Needs, ce_term, register_method
+from kdbench.methods.feature_utils import as_map, same_size
 from kdbench.models import Network, Outputs
-from methods.feature_utils import as_map, same_size
 
 MASK_MODES = ("channel", "spatial")
 

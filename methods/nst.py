@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from kdbench.method import Batch, Method, Needs, ce_term, register_method
+from kdbench.methods.feature_utils import paired_stages, same_size
 from kdbench.models import Network, Outputs
-from methods.feature_utils import paired_stages, same_size
 
 
 def _poly(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdbench.method import Batch, Method, Needs, ce_term, register_method
+from kdbench.methods.feature_utils import as_map, missing_preact, paired_stages
 from kdbench.models import Network, Outputs
-from methods.feature_utils import as_map, missing_preact, paired_stages
 
 
 def margin_from_bn(weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

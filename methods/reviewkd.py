@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdbench.method import Batch, Method, Needs, StepHooks, ce_term, register_method
+from kdbench.methods.feature_utils import as_map, missing_preact, paired_stages
+from kdbench.methods.logit_utils import linear_warmup
 from kdbench.models import Network, Outputs
-from methods.feature_utils import as_map, missing_preact, paired_stages
-from methods.logit_utils import linear_warmup
 
 
 def hcl_loss(student_maps: list[torch.Tensor], teacher_maps: list[torch.Tensor]) -> torch.Tensor:

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdbench.method import Batch, Method, Needs, ce_term, register_method
+from kdbench.methods.feature_utils import as_map, paired_stages, same_size
 from kdbench.models import Network, Outputs
-from methods.feature_utils import as_map, paired_stages, same_size
 
 
 def vid_nll(mean: torch.Tensor, target: torch.Tensor, log_scale: torch.Tensor, eps: float) -> torch.Tensor:

@@ -14,14 +14,14 @@ import torch
 
 from kdbench.data.negatives import NegativeSampler
 from kdbench.method import Batch
+from kdbench.methods.ab import AB, ab_boundary_loss, ab_loss
+from kdbench.methods.crd import CRD, ContrastMemory, nce_loss
+from kdbench.methods.fsp import FSP, fsp_loss
+from kdbench.methods.ft import factor_loss
+from kdbench.methods.ofd import OFD, margin_from_bn, partial_l2
+from kdbench.methods.reviewkd import ReviewKD, hcl_loss
+from kdbench.methods.vid import vid_nll
 from kdbench.models import create_network
-from methods.ab import AB, ab_boundary_loss, ab_loss
-from methods.crd import CRD, ContrastMemory, nce_loss
-from methods.fsp import FSP, fsp_loss
-from methods.ft import factor_loss
-from methods.ofd import OFD, margin_from_bn, partial_l2
-from methods.reviewkd import ReviewKD, hcl_loss
-from methods.vid import vid_nll
 
 F64 = torch.float64
 A = torch.tensor([[[[0.0, 0.3], [-0.27, -0.89]], [[-0.45, -0.99], [0.06, 1.34]], [[-0.49, -0.62], [0.49, 0.36]]],

@@ -142,9 +142,9 @@ def test_sync_batchnorm_conversion_keeps_parameters_buffers_and_activations() ->
 
 
 def _check_gendd_distilled_map(out: str) -> None:
+    from kdbench.methods.gendd.method import GenDD
+    from kdbench.methods.gendd.predictor import fit_linear_map
     from kdbench.models import create_network
-    from methods.gendd.method import GenDD
-    from methods.gendd.predictor import fit_linear_map
 
     r = distributed.rank()
     x = torch.randn(12, 1, 8, 8, generator=torch.Generator().manual_seed(7))

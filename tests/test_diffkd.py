@@ -14,8 +14,7 @@ import pytest
 import torch
 
 from kdbench.method import Batch, discover_methods, hyperparameters
-from kdbench.models import create_network
-from methods.diffkd import (
+from kdbench.methods.diffkd import (
     AutoEncoder,
     DiffKD,
     DiffusionBranch,
@@ -30,7 +29,8 @@ from methods.diffkd import (
     linear_alphas_cumprod,
     q_sample,
 )
-from methods.kd import kd_loss
+from kdbench.methods.kd import kd_loss
+from kdbench.models import create_network
 
 F64 = torch.float64
 X = torch.tensor([[0.5, -1.2, 0.3], [2.0, 0.1, -0.7]], dtype=F64)

@@ -49,7 +49,7 @@ def _check_collectives(expected_world: int) -> None:
     assert distributed.mean_across(float(r)) == 0.5
     assert distributed.gather_rows(torch.full((2, 3), float(r))).tolist() == [[0.0] * 3] * 2 + [[1.0] * 3] * 2
     # CRD's memory bank stays the same on every rank: each applies every rank's rows
-    from methods.crd import ContrastMemory
+    from kdbench.methods.crd import ContrastMemory
 
     torch.manual_seed(0)  # the same initial memory everywhere, as seed_everything gives
     memory = ContrastMemory(dim=4, num_data=6, temperature=0.07, momentum=0.5)
@@ -61,7 +61,7 @@ def _check_collectives(expected_world: int) -> None:
     assert (memory.memory_s != before).any(dim=1).nonzero().flatten().tolist() == [0, 1, 2, 3]
     # GenDD's distilled map: every rank fits from its shard's statistics summed over ranks, so every rank holds
     # the map fitted on all rows (shards of unequal size: 7 and 5 rows)
-    from methods.gendd.predictor import fit_linear_map
+    from kdbench.methods.gendd.predictor import fit_linear_map
 
     generator = torch.Generator().manual_seed(3)
     z, y = torch.randn(12, 3, generator=generator), torch.randn(12, 2, generator=generator)

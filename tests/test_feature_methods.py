@@ -10,10 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from methods.at import at_loss
-from methods.pkt import pkt_loss
-from methods.rkd import rkd_terms
-from methods.sp import sp_loss
+from kdbench.methods.at import at_loss
+from kdbench.methods.pkt import pkt_loss
+from kdbench.methods.rkd import rkd_terms
+from kdbench.methods.sp import sp_loss
 
 F64 = torch.float64
 FS = torch.tensor([[[[0.0, 0.3], [-0.27, -0.89]], [[-0.45, -0.99], [0.06, 1.34]]],
@@ -88,7 +88,7 @@ def test_at_pools_the_larger_map_when_stage_sizes_differ() -> None:
 
 
 def test_nst_golden_and_zero_at_equality() -> None:
-    from methods.nst import nst_loss
+    from kdbench.methods.nst import nst_loss
 
     assert nst_loss([FS], [FT]).item() == pytest.approx(1.0060346844232844, rel=1e-10)
     assert nst_loss([FT.clone()], [FT]).item() == pytest.approx(0.0, abs=1e-12)
@@ -119,7 +119,7 @@ def test_fitnet_regressor_maps_the_hint_onto_the_teachers_stage(student: str, te
 
 
 def test_cc_golden_and_zero_at_equality() -> None:
-    from methods.cc import cc_loss
+    from kdbench.methods.cc import cc_loss
 
     # numpy float64: |ES - ET[:, :3]|, then the mean over the 3 consecutive pairs of row-wise dot products
     assert cc_loss(ES, ET[:, :3]).item() == pytest.approx(3.0699333333333336, rel=1e-12)
@@ -141,7 +141,7 @@ T2 = torch.tensor([[[[-0.18, 0.63], [1.26, 1.79]], [[-1.57, 0.88], [0.47, -0.09]
 
 
 def test_kdsvd_golden_zero_at_equality_and_sign_independence() -> None:
-    from methods.kdsvd import kdsvd_loss
+    from kdbench.methods.kdsvd import kdsvd_loss
 
     # numpy float64: per-image SVD of the (H*W) x C matrices, largest entry of each teacher vector made positive,
     # student candidates aligned by |cosine|, RBF over channel pairs of consecutive stages

@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 import torch
 
-from methods.gendd.diffusion import (
+from kdbench.methods.gendd.diffusion import (
     GaussianDiffusion,
     Schedule,
     cosine_alpha_bar,
     cosine_betas,
     space_timesteps,
 )
-from methods.gendd.flow import RectifiedFlow
-from methods.gendd.head import DiffusionHead, timestep_embedding
-from methods.gendd.method import beta2_at, contract, feature_mixup, split_tokens
-from methods.gendd.predictor import apply_linear_map, fit_linear_map, linear_map_statistics, one_step_x0
+from kdbench.methods.gendd.flow import RectifiedFlow
+from kdbench.methods.gendd.head import DiffusionHead, timestep_embedding
+from kdbench.methods.gendd.method import beta2_at, contract, feature_mixup, split_tokens
+from kdbench.methods.gendd.predictor import apply_linear_map, fit_linear_map, linear_map_statistics, one_step_x0
 
 # ---------------------------------------------------------------------------------------------- schedule
 
@@ -356,8 +356,8 @@ def test_flow_loss_is_the_velocity_mse_on_the_straight_path() -> None:
 
 
 def test_gendd_variants_validate_and_run_from_one_trained_head() -> None:
+    from kdbench.methods.gendd.method import GenDD
     from kdbench.models import create_network
-    from methods.gendd.method import GenDD
 
     torch.manual_seed(0)
     student = create_network("kdb_cnn_nano", num_classes=4, in_chans=1)
@@ -394,9 +394,9 @@ def _batch(x):
 
 def test_gendd_names_moved_to_the_predictor_module_still_import_from_method() -> None:
     """The prediction side lives in methods/gendd/predictor.py; its public names are re-exported by method.py."""
-    import methods.gendd.method as method
-    import methods.gendd.predictor as predictor
-    from methods.gendd import GenDD
+    import kdbench.methods.gendd.method as method
+    import kdbench.methods.gendd.predictor as predictor
+    from kdbench.methods.gendd import GenDD
 
     for name in ("Sampling", "SAMPLERS", "PREDICTORS", "sweep_name", "one_step_x0", "linear_map_statistics",
                  "fit_linear_map", "apply_linear_map"):

@@ -24,8 +24,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "kdbench/store": ("kdbench.store", "kdbench.spec", "kdbench.config"),
     "kdbench/models": ("kdbench.models",),
     "kdbench/data": ("kdbench.data", "kdbench.registry", "kdbench.distributed", "kdbench.batch"),
-    "kdbench/method.py": ("kdbench.models", "kdbench.registry", "kdbench.batch", "methods"),
-    "methods": ("kdbench.method", "kdbench.batch", "kdbench.models", "kdbench.distributed", "methods"),
+    "kdbench/method.py": ("kdbench.models", "kdbench.registry", "kdbench.batch", "kdbench.methods"),
+    "methods": ("kdbench.method", "kdbench.batch", "kdbench.models", "kdbench.distributed", "kdbench.methods"),
     "kdbench/engine": (*LOW, "kdbench.engine", "kdbench.data", "kdbench.method", "kdbench.models"),
     "kdbench/report": (*LOW, "kdbench.report", "kdbench.reference", "kdbench.method"),
 }

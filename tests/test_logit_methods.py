@@ -10,11 +10,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from methods.dist import dist_terms
-from methods.dkd import dkd_terms
-from methods.ikl import ikl_terms
-from methods.kd import kd_loss
-from methods.logit_utils import standardize
+from kdbench.methods.dist import dist_terms
+from kdbench.methods.dkd import dkd_terms
+from kdbench.methods.ikl import ikl_terms
+from kdbench.methods.kd import kd_loss
+from kdbench.methods.logit_utils import standardize
 
 ZS = torch.tensor([[1.0, -0.5, 2.0, 0.3], [0.2, 0.1, -1.0, 1.5]], dtype=torch.float64)
 ZT = torch.tensor([[2.0, 0.0, 1.0, -0.5], [-0.3, 0.8, 0.4, 2.2]], dtype=torch.float64)

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from methods.kd import kd_loss
-from methods.mse import mse_loss
+from kdbench.methods.kd import kd_loss
+from kdbench.methods.mse import mse_loss
 
 ZS = torch.tensor([[1.0, -0.5, 2.0, 0.3], [0.2, 0.1, -1.0, 1.5]], dtype=torch.float64)
 ZT = torch.tensor([[2.0, 0.0, 1.0, -0.5], [-0.3, 0.8, 0.4, 2.2]], dtype=torch.float64)

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from kdbench.method import Batch
+from kdbench.methods.mgd import MGD, draw_mask, generation_block, mgd_loss
 from kdbench.models import Outputs, create_network
-from methods.mgd import MGD, draw_mask, generation_block, mgd_loss
 
 F64 = torch.float64
 

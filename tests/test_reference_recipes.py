@@ -130,7 +130,7 @@ def test_every_method_has_a_cifar100_and_an_imagenet_recipe_or_a_documented_gap(
     table = reference_recipes()
     gaps = {(g.method, g.setting): g for g in recipe_gaps()}
     assert len(gaps) == len(recipe_gaps()), "one gap row per (method, setting)"
-    methods = {name for name in registry.names() if registry.get(name).__module__.startswith("methods.")}
+    methods = {name for name in registry.names() if registry.get(name).__module__.startswith("kdbench.methods.")}
     assert len(methods) == 24
     for method in sorted(methods):
         for setting in ("cifar100", "imagenet"):

@@ -28,9 +28,9 @@ def head_step(batch: int, teacher_dim: int, student_dim: int, mul: int, width: i
     """GenDD's head training step (diffusion loss, backward, AdamW) in strict fp32 (no autocast, no TF32, as the
     method trains it) on ``batch x tokens x mul`` rows, and a strict-fp32 matmul ``(rows x width) @ (width x
     width)``: the step's ms and GFLOP (``torch.utils.flop_counter``), both FLOP/s (in TFLOP/s) and their ratio."""
-    from methods.gendd.diffusion import GaussianDiffusion
-    from methods.gendd.head import DiffusionHead
-    from methods.gendd.numerics import strict_fp32
+    from kdbench.methods.gendd.diffusion import GaussianDiffusion
+    from kdbench.methods.gendd.head import DiffusionHead
+    from kdbench.methods.gendd.numerics import strict_fp32
 
     tokens = teacher_dim // 64
     rows = batch * tokens * mul
@@ -66,7 +66,7 @@ def predict_costs(s_net: Network, t_net: Network, steps: Sequence[int], samples:
     samples averaged, CFG ``cfg``, an untrained head of ``width`` x ``depth``) timed against the student's forward
     by :func:`kdbench.measure.inference_cost` (the record's measurement) at each batch size in ``batch_sizes``
     (the first ``n`` images of ``example``): ms/img of both, their ratio, FLOPs per image."""
-    from methods.gendd.method import GenDD
+    from kdbench.methods.gendd.method import GenDD
 
     out = []
     for k in steps:

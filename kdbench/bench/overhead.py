@@ -51,7 +51,7 @@ def harness_epochs(seed: int, folder: Path, student_name: str = "kdb_cnn_nano", 
 
 def hand_epochs(seed: int, student_name: str = "kdb_cnn_nano", epochs: int = 1) -> float:
     """Seconds of the same epochs written by hand: shuffled batches, KD loss, SGD, then top-1 on the test set."""
-    from methods.kd import kd_loss
+    from kdbench.methods.kd import kd_loss
 
     splits, _, student, teacher, _ = _digits_kd(seed, student_name)
     optimizer = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)

@@ -21,10 +21,16 @@ from kdbench.suite.schema import SuiteError
 PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 """The project's checkout (its ``suites/`` folder is where suites are found by default)."""
 
+PACKAGED_SUITES = Path(__file__).resolve().parent.parent / "suites"
+"""Where an installed wheel keeps the shipped suites (``kdbench/suites/*.yaml``, package data)."""
+
 
 def suites_dir() -> Path:
-    """Where suites are found by name: ``$KDBENCH_SUITES`` or the project's ``suites/`` folder."""
-    return Path(os.environ.get("KDBENCH_SUITES", PROJECT_ROOT / "suites"))
+    """Where suites are found by name: ``$KDBENCH_SUITES``, else the shipped suites: those of an installed wheel,
+    or the checkout's ``suites/`` folder. A suite of one's own is found by its path."""
+    if "KDBENCH_SUITES" in os.environ:
+        return Path(os.environ["KDBENCH_SUITES"])
+    return PACKAGED_SUITES if PACKAGED_SUITES.is_dir() else PROJECT_ROOT / "suites"
 
 
 def list_suites() -> list[str]:

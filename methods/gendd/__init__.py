@@ -1,5 +1,5 @@
 """GenDD (Generative Distribution Distillation): the diffusion process, the head, and the registered method."""
 
-from methods.gendd.method import GenDD
+from kdbench.methods.gendd.method import GenDD
 
 __all__ = ["GenDD"]

@@ -12,7 +12,7 @@ Supervised runs first warm-start the student through ``Linear(F_s -> D)`` (the i
 authors' code does; ``warm_projector: linear`` always uses a Linear) and the frozen teacher head (CE).
 
 This module holds the training side (losses, warm start, optimizer hooks, the record's extras); the prediction
-side and the distilled map are in :mod:`methods.gendd.predictor`, whose public names are re-exported here.
+side and the distilled map are in :mod:`kdbench.methods.gendd.predictor`, whose public names are re-exported here.
 """
 
 from __future__ import annotations
@@ -26,12 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdbench.method import Batch, Method, Needs, RecordExtras, ReportHints, Stage, StepHooks, register_method
-from kdbench.models import Network, Outputs
-from methods.gendd.diffusion import GaussianDiffusion
-from methods.gendd.flow import RectifiedFlow
-from methods.gendd.head import DiffusionHead
-from methods.gendd.numerics import strict_fp32
-from methods.gendd.predictor import (
+from kdbench.methods.gendd.diffusion import GaussianDiffusion
+from kdbench.methods.gendd.flow import RectifiedFlow
+from kdbench.methods.gendd.head import DiffusionHead
+from kdbench.methods.gendd.numerics import strict_fp32
+from kdbench.methods.gendd.predictor import (
     PREDICTORS,
     SAMPLERS,
     GenDDPredictor,
@@ -43,6 +42,7 @@ from methods.gendd.predictor import (
     setting_record,
     sweep_name,
 )
+from kdbench.models import Network, Outputs
 
 __all__ = ["PREDICTORS", "SAMPLERS", "WARM_PROJECTORS", "GenDD", "Sampling", "apply_linear_map", "beta2_at",
            "contract", "feature_mixup", "fit_linear_map", "linear_map_statistics", "one_step_x0",

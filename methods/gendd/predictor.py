@@ -2,7 +2,7 @@
 (other samplers of the same head, the one-step x0 estimate, the distilled linear map) and the fit of that map.
 
 :class:`GenDDPredictor` is the :class:`kdbench.method.CustomPredictor` capability of
-:class:`methods.gendd.method.GenDD`; the training side (losses, warm start, optimizer hooks) lives in
+:class:`kdbench.methods.gendd.method.GenDD`; the training side (losses, warm start, optimizer hooks) lives in
 ``method.py``. Prediction: ``num_samples`` samples of every token by the respaced reverse chain with
 classifier-free guidance, averaged in feature space, then the frozen teacher head ``W_T f + b_T``.
 """
@@ -19,11 +19,11 @@ from torch import nn
 
 from kdbench import distributed
 from kdbench.method import CustomPredictor, Predict, TrainingItems
+from kdbench.methods.gendd.diffusion import GaussianDiffusion, Schedule, _take
+from kdbench.methods.gendd.flow import RectifiedFlow
+from kdbench.methods.gendd.head import DiffusionHead
+from kdbench.methods.gendd.numerics import strict_fp32
 from kdbench.models import Network, Outputs
-from methods.gendd.diffusion import GaussianDiffusion, Schedule, _take
-from methods.gendd.flow import RectifiedFlow
-from methods.gendd.head import DiffusionHead
-from methods.gendd.numerics import strict_fp32
 
 SAMPLERS = {"diffusion": ("ddpm", "ddim", "x0"), "flow": ("euler",)}
 PREDICTORS = ("distilled",)  # variants that are not samplers of the head
@@ -66,7 +66,7 @@ class GenDDPredictor(CustomPredictor):
     """GenDD's predictors: the authors' sampler (``predict``), the sweep of other settings of the same trained
     head and the distilled linear map (``extra_evaluations``, fitted by ``after_training``).
 
-    A mixin of :class:`methods.gendd.method.GenDD`: it reads the training side's modules and settings named in
+    A mixin of :class:`kdbench.methods.gendd.method.GenDD`: it reads the training side's modules and settings named in
     the annotations below, and owns the sampling state that :meth:`_init_prediction` sets."""
 
     final_predict_differs: ClassVar[bool] = True
