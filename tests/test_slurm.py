@@ -296,3 +296,19 @@ def test_refused_submission_is_one_clear_error_and_starts_nothing(tmp_path: Path
     assert "error: sbatch refused the student job array" in out.stderr and "Traceback" not in out.stderr
     assert "partition" in out.stderr.lower()
     assert not list((tmp_path / "r").rglob(store.RESULT))
+
+
+def test_packed_runs_share_one_job_and_give_the_records_of_unpacked_runs(tmp_path: Path) -> None:
+    suite = write_suite(tmp_path / "packed.yaml", vanilla_suite("packed", epochs=3, seeds=(0, 1), cpus_per_task=2,
+                                                                runs_per_gpu=2))
+    out = run_cli("kdbench", "run", str(suite), "--results", str(tmp_path / "r"), "--quiet", timeout=600)
+    assert out.returncode == 0 and "submitted 2 job(s)" in out.stdout, out.stdout + out.stderr  # teacher + 1 pack
+    packed = records(tmp_path / "r" / "packed")
+    runs = [p for p in (tmp_path / "r" / "packed" / "runs").iterdir()]
+    assert len(runs) == 2 and len({read_job_ref(p)["job_id"] for p in runs}) == 1  # both runs: one job
+    alone = run_cli("kdbench", "run", str(suite), "--executor", "debug", "--results", str(tmp_path / "u"), "--quiet",
+                    timeout=600)
+    assert alone.returncode == 0, alone.stdout + alone.stderr
+    for run_id, record in records(tmp_path / "u" / "packed").items():
+        assert packed[run_id]["state"] == record["state"] == "done"
+        assert packed[run_id]["metrics"] == record["metrics"]
