@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch/torchvision pinned exactly: these lie on the local disk (a looser pin downloads several GB)
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,track]'
 	@touch $(STAMP)
 
 venv: $(STAMP)

@@ -7,6 +7,7 @@ import os
 import shlex
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -91,44 +92,102 @@ def _suite_dirs(root: Path) -> list[Path]:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from kdbench import slurm
-
     root = Path(args.dir)
     folders = _suite_dirs(root) if root.is_dir() else []
     if not folders:
         print(f"error: no suite folder (with {store.SUITE}) in '{root}'", file=sys.stderr)
         return 2
+    if args.watch is None:
+        _print_status(folders)
+        return 0
+    if args.watch <= 0:
+        print(f"error: --watch takes a positive number of seconds, got {args.watch:g}", file=sys.stderr)
+        return 2
+    from kdbench.progress import ACTIVE_STATES, TODO_STATES, WATCH_IDLE_S, last_activity
+
+    try:
+        while True:
+            print(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} (every {args.watch:g}s; Ctrl-C stops watching)",
+                  flush=True)
+            counts = _print_status(folders)
+            if not any(counts.get(state) for state in ACTIVE_STATES):
+                # runs left but none running or queued: a local dispatcher may be starting the next job (its
+                # process takes the run's lock only once it has imported torch); stop once the folder is quiet
+                idle = time.time() - max(last_activity(folder) for folder in folders)
+                if not any(counts.get(state) for state in TODO_STATES) or idle >= WATCH_IDLE_S:
+                    print("nothing is running or queued: stopped watching", flush=True)
+                    return 0
+                time.sleep(min(args.watch, max(1.0, WATCH_IDLE_S - idle)))
+                continue
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
+        print("\nstopped watching (the runs are not affected)", flush=True)
+        return 0
+
+
+def _print_status(folders: list[Path]) -> dict[str, int]:
+    """Print each suite folder's counts, ETA and notable runs; return the counts over all of them."""
+    from kdbench import progress, slurm
+
+    every: dict[str, int] = {}
     for folder in folders:
         expected = store.read_json(folder / store.SUITE)
         run_dirs = [folder / kind / run_id for kind in ("teachers", "runs") for run_id in expected.get(kind, [])]
         jobs = {path: slurm.job_of(ref) for path in run_dirs
                 if not (path / store.RESULT).exists() and (ref := slurm.read_job_ref(path))}
         job_states = slurm.current_states(jobs.values())  # one sacct call for all of them
-        counts: dict[str, int] = {}
-        lines = []
+        states = {}
         for run_dir in run_dirs:
             job = jobs.get(run_dir)
-            job_state = job_states[str(job.job_id)] if job is not None else None
-            state = _run_state(run_dir, job, job_state)
-            counts[state] = counts.get(state, 0) + 1
-            if state in ("queued", "running") and job is not None:
-                lines.append(f"  {state:8} {run_dir.name}: job {job.job_id} ({job_state})")
-            elif state == "failed":
-                record = store.load_record(run_dir)
-                job = (record.job if record else None) or {}
-                where = f" job {job.get('job_id')} ({job.get('state')})" if job.get("job_id") else ""
-                lines.append(f"  failed   {run_dir.name}:{where} {(record.error if record else '') or ''}")
-                tail = [line for line in ((record.log_tail if record else None) or "").splitlines()
-                        if line.strip()][-5:]
-                lines.extend(f"           | {line}" for line in tail)
-            elif state == "lost" and job is not None:
-                lines.append(f"  lost     {run_dir.name}: job {job.job_id} ended "
-                             f"({job_state}) without a record; `kdbench run` again resumes it")
+            states[run_dir] = _run_state(run_dir, job, job_states[str(job.job_id)] if job is not None else None)
+        runs = dict(zip(run_dirs, progress.suite_progress(states), strict=True))
+        counts = progress.count_states(runs.values())
+        for state, n in counts.items():
+            every[state] = every.get(state, 0) + n
         total = sum(counts.values())
         print(f"{folder.name}: {total} jobs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
-        for line in lines:
-            print(line)
-    return 0
+        eta = progress.estimate_eta(list(runs.values()))
+        if eta is not None:
+            print(f"  {eta.line()}")
+        for run_dir in run_dirs:
+            for line in _status_lines(run_dir, states[run_dir], runs[run_dir], jobs.get(run_dir), job_states):
+                print(line)
+    return every
+
+
+def _progress_words(run: Any) -> str:
+    """``kd balanced seed 0, epoch 4/10, 2.1 s/epoch, ~13s left`` (what is known of it)."""
+    from kdbench.progress import duration
+
+    total = "?" if run.epochs_total is None else f"{run.epochs_total}{'' if run.stages_known else '+'}"
+    words = [run.title, f"epoch {run.epochs_done}/{total}" + (f" ({run.phase})" if run.phase not in (None, "main")
+                                                             else "")]
+    if run.seconds_per_epoch is not None:
+        words.append(f"{run.seconds_per_epoch:.3g} s/epoch")
+    if run.remaining_seconds is not None:
+        words.append(f"~{duration(run.remaining_seconds)} left")
+    return ", ".join(words)
+
+
+def _status_lines(run_dir: Path, state: str, run: Any, job: Any, job_states: dict[str, str]) -> list[str]:
+    """The lines ``status`` prints under a suite for one run (none for a done or pending one)."""
+    job_state = job_states[str(job.job_id)] if job is not None else None
+    if state in ("queued", "running") and job is not None:
+        more = f"; {_progress_words(run)}" if state == "running" else ""
+        return [f"  {state:8} {run_dir.name}: job {job.job_id} ({job_state}){more}"]
+    if state == "running":
+        return [f"  running  {run_dir.name}: {_progress_words(run)}"]
+    if state == "failed":
+        record = store.load_record(run_dir)
+        job = (record.job if record else None) or {}
+        where = f" job {job.get('job_id')} ({job.get('state')})" if job.get("job_id") else ""
+        lines = [f"  failed   {run_dir.name}:{where} {(record.error if record else '') or ''}"]
+        tail = [line for line in ((record.log_tail if record else None) or "").splitlines() if line.strip()][-5:]
+        return lines + [f"           | {line}" for line in tail]
+    if state == "lost" and job is not None:
+        return [f"  lost     {run_dir.name}: job {job.job_id} ended "
+                f"({job_state}) without a record; `kdbench run` again resumes it"]
+    return []
 
 
 def _run_state(run_dir: Path, job: Any = None, job_state: str | None = None) -> str:
@@ -241,8 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(func=_cmd_run)
 
-    status = sub.add_parser("status", help="per-state counts of a results folder")
+    status = sub.add_parser("status", help="per-state counts, progress and an ETA of a results folder")
     status.add_argument("dir", help="a suite's results folder or the results root")
+    status.add_argument("--watch", type=float, metavar="SECONDS",
+                        help="print again every SECONDS until no run is running or queued (Ctrl-C stops watching)")
     status.set_defaults(func=_cmd_status)
 
     lister = sub.add_parser("list", help="list methods, models, datasets, regimes or suites")

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from kdbench import distributed, store
+from kdbench import distributed, store, tracking
 from kdbench import method as contract
 from kdbench.compose import Composite
 from kdbench.data import TensorData, dataset_registry, eval_batches, regime_registry
@@ -97,7 +97,7 @@ def execute(run_dir: Path, log: Callable[[str], None] = _print) -> Record:
     run_dir = Path(run_dir)
     if not distributed.is_main():  # data-parallel ranks > 0 train beside rank 0 and write nothing
         raw = store.read_json(run_dir / store.SPEC)
-        return _execute(run_dir, RunSpec.from_dict(raw), raw, lambda message: None)
+        return _execute(run_dir, RunSpec.from_dict(raw), raw, lambda message: None)  # and track nothing
     with store.run_lock(run_dir, timeout_s=24 * 3600):
         set_aside = store.set_aside_invalid_result(run_dir)  # a job may meet one that `run` never saw (requeue)
         if set_aside:
@@ -107,16 +107,40 @@ def execute(run_dir: Path, log: Callable[[str], None] = _print) -> Record:
             return existing
         raw = store.read_json(run_dir / store.SPEC)
         began = time.time()
+        tracker = tracking.GuardedTracker(None, "none", log)  # off until the spec is read
         try:
-            record = _execute(run_dir, RunSpec.from_dict(raw), raw, log)
-        except Exception as err:  # a failed run must leave a record naming why
-            log(traceback.format_exc())
-            record = Record(run_id=run_dir.name, spec=raw, state="failed", error=f"{type(err).__name__}: {err}",
-                            traceback=traceback.format_exc()[-4000:], env=_environment("cpu"))
-        record = dataclasses.replace(record, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                     wall_seconds=time.time() - began)
-        store.write_record(run_dir, record)
+            try:
+                spec = RunSpec.from_dict(raw)
+                if not spec.verifies:  # a verified teacher trains no epoch: nothing to follow
+                    tracker = tracking.open_tracker(spec.tracking, _run_info(run_dir, spec, raw),
+                                                    lambda message: log(f"[{run_dir.name}] {message}"))
+                record = _execute(run_dir, spec, raw, log, tracker.epoch_line)
+            except Exception as err:  # a failed run must leave a record naming why
+                log(traceback.format_exc())
+                record = Record(run_id=run_dir.name, spec=raw, state="failed", error=f"{type(err).__name__}: {err}",
+                                traceback=traceback.format_exc()[-4000:], env=_environment("cpu"))
+            record = dataclasses.replace(record, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                         wall_seconds=time.time() - began)
+            store.write_record(run_dir, record)
+            tracker.finish(_summary(record))
+        finally:
+            tracker.close()  # stopped before its record (Ctrl-C, SIGTERM): finished as interrupted
         return record
+
+
+def _run_info(run_dir: Path, spec: RunSpec, raw: dict[str, Any]) -> tracking.RunInfo:
+    """What a tracker shows of a run: ``<label> <regime> seed <n>`` (teachers: ``teacher <model> ...``)."""
+    what = f"teacher {spec.model}" if spec.is_teacher else spec.label
+    return tracking.RunInfo(run_id=run_dir.name, run_dir=run_dir, suite=run_dir.parent.parent.name,
+                            name=f"{what} {spec.regime.shown} seed {spec.seed} {run_dir.name}", role=spec.role,
+                            config=raw)
+
+
+def _summary(record: Record) -> dict[str, Any]:
+    """A record's final numbers for a tracker: its state, metrics, wall time and training cost."""
+    cost = {key: record.cost.get(key) for key in ("train_seconds", "seconds_per_epoch", "total_epochs")
+            if record.cost.get(key) is not None}
+    return {"state": record.state, **record.metrics.to_dict(), "wall_seconds": record.wall_seconds, **cost}
 
 
 def _data(spec: RunSpec) -> tuple[Any, RegimeData, TensorData | None]:
@@ -180,7 +204,8 @@ def _verify_teacher(run_dir: Path, spec: RunSpec, raw: dict[str, Any], log: Call
                   env=_environment(device))
 
 
-def _execute(run_dir: Path, spec: RunSpec, raw: dict[str, Any], log: Callable[[str], None]) -> Record:
+def _execute(run_dir: Path, spec: RunSpec, raw: dict[str, Any], log: Callable[[str], None],
+             on_epoch: Callable[[dict[str, Any], int], None] | None = None) -> Record:
     if spec.is_teacher and spec.verifies:
         return _verify_teacher(run_dir, spec, raw, log)
     device = distributed.device()
@@ -216,7 +241,7 @@ def _execute(run_dir: Path, spec: RunSpec, raw: dict[str, Any], log: Callable[[s
     ts = TrainState(student=student, teacher=teacher, method=method, train=splits.train, regime=regime_data,
                     test=splits.test, val=val, recipe=spec.recipe, eval_batch_size=spec.eval.batch_size,
                     seed=spec.seed, device=device, run_dir=run_dir, log=lambda msg: log(f"{prefix} {msg}"),
-                    precision=precision, batchnorm=spec.recipe.batchnorm)
+                    precision=precision, batchnorm=spec.recipe.batchnorm, on_epoch=on_epoch)
     outcome = fit(ts)
 
     artifacts = Artifacts()

@@ -1,6 +1,6 @@
 """The value types a run spec is made of: how a network is trained (:class:`Recipe`, also :data:`TrainConfig`),
 where a teacher the suite does not train comes from (:class:`TeacherSource`), how a run is evaluated
-(:class:`EvalSettings`).
+(:class:`EvalSettings`), where its per-epoch metrics are sent while it trains (:class:`TrackingSettings`).
 
 Each field declares its own constraints (:func:`kdbench.config.setting`); they are checked when the object is
 built from a mapping (:func:`kdbench.config.build_dataclass`), with errors that name the key path. Pure values:
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from kdbench.config import Settings, above, at_least, one_of, rule, setting
+from kdbench.config import Settings, above, at_least, one_of, require, rule, setting
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "multistep", "constant")
@@ -100,3 +100,52 @@ class EvalSettings(Settings):
     batch_size: int = setting(512, at_least(1, got=False))
     val_fraction: float = setting(0.0, rule(lambda v, _: 0.0 <= v < 0.5, "must be in [0, 0.5), got {value}"))
     val_seed: int = 0
+
+
+TRACKING_BACKENDS = ("none", "tensorboard", "wandb", "mlflow")
+"""The live-tracking backends (:mod:`kdbench.tracking` implements each one)."""
+
+
+@dataclass(frozen=True)
+class TrackingSettings(Settings):
+    """A suite's ``tracking:`` section (:mod:`kdbench.tracking`): where each run's per-epoch metrics go while it
+    trains. ``backend``: none (default), tensorboard, wandb or mlflow. ``project``: the W&B project / MLflow
+    experiment (default: the suite's name). ``dir``: where the files go (default: inside each run folder; a shared
+    folder gets one subfolder per run for TensorBoard, one W&B folder or MLflow file store for all runs).
+    ``mode`` (wandb only): offline (default), online or disabled. ``entity`` (wandb only). ``tracking_uri``
+    (mlflow only): a tracking server or database instead of the file store. ``tags``: extra W&B / MLflow tags.
+    Part of a run spec, never of its run id, and absent from ``spec.json`` while off."""
+
+    check_order: ClassVar[tuple[str, ...]] = ("backend",)
+    ONLY_FOR: ClassVar[dict[str, str]] = {"mode": "wandb", "entity": "wandb", "tracking_uri": "mlflow"}
+
+    backend: str = setting("none", one_of("tracking backend", *TRACKING_BACKENDS))
+    project: str | None = None
+    dir: str | None = None
+    mode: str | None = setting(None, rule(lambda v, _: v in (None, "offline", "online", "disabled"),
+                                          "must be offline, online or disabled, got {value!r}"))
+    entity: str | None = None
+    tracking_uri: str | None = None
+    tags: tuple[str, ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        """A backend other than ``none`` is chosen."""
+        return self.backend != "none"
+
+    def check(self, key: str) -> None:
+        """The declared constraints, then: a backend's own key is set only with that backend."""
+        super().check(key)
+        for name, backend in self.ONLY_FOR.items():
+            require(getattr(self, name) is None or self.backend == backend, f"{key}.{name}",
+                    f"applies to backend {backend} only (backend is {self.backend})")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Its JSON object in a run spec: the backend and the keys the suite set (None and empty left out)."""
+        out: dict[str, Any] = {"backend": self.backend}
+        for name in ("project", "dir", "mode", "entity", "tracking_uri"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        if self.tags:
+            out["tags"] = list(self.tags)
+        return out

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kdbench.config import build_dataclass, jsonable
-from kdbench.spec import EvalSettings, TeacherSource, TrainConfig
+from kdbench.spec import EvalSettings, TeacherSource, TrackingSettings, TrainConfig
 
 
 def _recipe_dict(recipe: TrainConfig) -> dict[str, Any]:
@@ -92,6 +92,7 @@ class RunSpec:
     compose: tuple[ComponentSpec, ...] = ()  # methods added to ``method`` (``with``: name and resolved params)
     stage: str | None = None  # "tune": a trial of the suite's tuning stage (part of the id; absent for finals)
     tuned: dict[str, Any] | None = None  # a tuned final run: space, budget, trials, choice, cost (not hashed)
+    tracking: TrackingSettings | None = None  # live tracking (kdbench.tracking): not hashed, absent while off
 
     @property
     def composed(self) -> bool:
@@ -121,11 +122,13 @@ class RunSpec:
             recipe=None if recipe is None else build_dataclass(TrainConfig, recipe, "recipe"),
             source=None if source is None else TeacherSource(**source), provenance=raw.get("provenance"),
             compose=tuple(ComponentSpec.from_dict(part) for part in raw.get("with") or ()),
-            stage=raw.get("stage"), tuned=raw.get("tuned"))
+            stage=raw.get("stage"), tuned=raw.get("tuned"),
+            tracking=None if raw.get("tracking") is None
+            else build_dataclass(TrackingSettings, raw["tracking"], "tracking"))
 
     def to_dict(self) -> dict[str, Any]:
-        """The spec's JSON object as saved in ``spec.json`` (and hashed, less its runtime and provenance, into
-        the run id): keys in the order the plan always wrote them."""
+        """The spec's JSON object as saved in ``spec.json`` (and hashed, less its runtime, provenance, tuning
+        account and tracking, into the run id): keys in the order the plan always wrote them."""
         out: dict[str, Any] = {"role": self.role, "model": self.model, "student": self.student,
                                "teacher": self.teacher}
         if not self.is_teacher:
@@ -144,6 +147,8 @@ class RunSpec:
             out["stage"] = self.stage
         if self.tuned is not None:
             out["tuned"] = jsonable(self.tuned)
+        if self.tracking is not None and self.tracking.enabled:  # left out while off: specs stay as they were
+            out["tracking"] = self.tracking.to_dict()
         return out
 
     def with_changes(self, **changes: Any) -> RunSpec:

@@ -19,12 +19,13 @@ from kdbench.config import build_dataclass, coerce, refuse_non_finite, require
 from kdbench.data import dataset_parameters, dataset_registry, regime_parameters, regime_registry
 from kdbench.method import discover_methods, hyperparameters
 from kdbench.registry import Registry
-from kdbench.spec import EvalSettings, Recipe
+from kdbench.spec import EvalSettings, Recipe, TrackingSettings
 from kdbench.suite.entries import check_instantiable, check_pair_params, check_references, entry, method_entry
 from kdbench.suite.plan import Plan, expand
 from kdbench.suite.schema import TOP_KEYS, Entry, ExecutorSettings, Pair, Suite, SuiteError, TeacherSettings
 from kdbench.suite.source import apply_overrides, find_suite, read_raw
 from kdbench.suite.tune import TuneSettings, check_tune
+from kdbench.tracking import missing_package
 
 
 def load_suite(name_or_path: str, overrides: Sequence[str] = (), check_files: bool = True) -> Suite:
@@ -67,7 +68,7 @@ def validate(raw: dict[str, Any], source: str = "", check_files: bool = True) ->
                   methods=methods, seeds=tuple(seeds), train=train, teacher=teacher,
                   eval=build_dataclass(EvalSettings, raw.get("eval"), "eval"),
                   executor=build_dataclass(ExecutorSettings, raw.get("executor"), "executor"), source=source)
-    suite = dataclasses.replace(suite, tune=check_tune(
+    suite = dataclasses.replace(suite, tracking=_tracking(raw), tune=check_tune(
         build_dataclass(TuneSettings, raw.get("tune"), "tune"), list(methods), suite.eval.val_fraction > 0,
         lambda name: hyperparameters(methods_registry.get(name))))
     _check_unlabeled_dataset(suite)
@@ -78,6 +79,14 @@ def validate(raw: dict[str, Any], source: str = "", check_files: bool = True) ->
                 f"method '{method.name}' is refused for every regime: {'; '.join(plan.refused)}")
     _check_method_values(plan, {m.label: i for i, m in enumerate(methods)})
     return suite
+
+
+def _tracking(raw: dict[str, Any]) -> TrackingSettings:
+    """The ``tracking:`` section; a backend whose package is not installed is refused here, before any job."""
+    settings = build_dataclass(TrackingSettings, raw.get("tracking"), "tracking")
+    missing = missing_package(settings)
+    require(missing is None, "tracking.backend", missing or "")
+    return settings
 
 
 def _list(raw: dict[str, Any], key: str) -> list[Any]:

@@ -18,7 +18,7 @@ from kdbench.data import regime_parameters, regime_registry
 from kdbench.method import discover_methods
 from kdbench.pairing import pair_problem
 from kdbench.reference.apply import CellRecipe
-from kdbench.spec import Recipe
+from kdbench.spec import Recipe, TrackingSettings
 from kdbench.store.runspec import ComponentSpec, RunSpec, Runtime
 from kdbench.suite.schema import Entry, Pair, Suite
 
@@ -33,6 +33,7 @@ def spec_id(spec: RunSpec | dict[str, Any]) -> str:
     hashed.pop("runtime", None)  # how it is computed (bf16, memory format) is recorded, not part of what it is
     hashed.pop("provenance", None)  # where its values come from (reference recipe, deviations): not what it is
     hashed.pop("tuned", None)  # nor how a tuning stage chose them: the chosen values are in the spec
+    hashed.pop("tracking", None)  # nor where its curves are sent while it trains (kdbench.tracking)
     if isinstance(hashed.get("source"), dict):
         hashed["source"].pop("checkpoint", None)  # nor where a checkpoint sits: its sha256 says what it is
     canonical = json.dumps(hashed, sort_keys=True, separators=(",", ":"))
@@ -64,6 +65,11 @@ def _runtime(suite: Suite) -> Runtime:
                    deterministic=suite.executor.deterministic)
 
 
+def _tracking(suite: Suite) -> TrackingSettings | None:
+    """Where a run's per-epoch metrics go (kept in its spec while on, left out of its id)."""
+    return suite.tracking if suite.tracking.enabled else None
+
+
 def _dataset(suite: Suite) -> ComponentSpec:
     return ComponentSpec(suite.dataset.name, suite.dataset.params)
 
@@ -82,7 +88,8 @@ def teacher_spec(suite: Suite, pair: Pair, regime: Entry) -> RunSpec:
         other, resolve_params(regime_parameters(regime_registry.get(other)), {}, {}, "regime", other))
     source = suite.teacher.source(pair.teacher)
     common = {"role": "teacher", "model": pair.teacher, "teacher": pair.teacher, "dataset": _dataset(suite),
-              "seed": suite.teacher.seed, "eval": suite.eval, "runtime": _runtime(suite)}
+              "seed": suite.teacher.seed, "eval": suite.eval, "runtime": _runtime(suite),
+              "tracking": _tracking(suite)}
     if source is not None:  # verified, not trained: the same teacher for every regime
         return RunSpec(**common, method="verify", label="checkpoint" if source.checkpoint else "pretrained",
                        source=source, regime=ComponentSpec("balanced"), epochs=0)
@@ -98,7 +105,7 @@ def student_spec(suite: Suite, pair: Pair, regime: Entry, method: Entry, seed: i
                    teacher_id=teacher_id, method=method.name, label=method.label,
                    method_params=pair.method_params(method, cell), dataset=_dataset(suite),
                    regime=_regime_spec(regime), seed=seed, epochs=recipe.epochs, recipe=recipe, eval=suite.eval,
-                   runtime=_runtime(suite), provenance=cell.provenance() if cell else None,
+                   runtime=_runtime(suite), tracking=_tracking(suite), provenance=cell.provenance() if cell else None,
                    compose=tuple(ComponentSpec(part.name, part.params) for part in method.compose))
 
 

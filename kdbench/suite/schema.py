@@ -28,7 +28,7 @@ from kdbench.config import (
     setting,
 )
 from kdbench.reference.apply import CellRecipe, apply_reference
-from kdbench.spec import EvalSettings, Recipe, TeacherSource
+from kdbench.spec import EvalSettings, Recipe, TeacherSource, TrackingSettings
 from kdbench.suite.tune import TuneSettings
 
 SuiteError = ConfigError
@@ -36,7 +36,7 @@ SuiteError = ConfigError
 of :mod:`kdbench.config` (so an error raised while building any typed part of a suite is a ``SuiteError``)."""
 
 TOP_KEYS = ("name", "description", "extends", "dataset", "regimes", "pairs", "methods", "seeds", "train",
-            "teacher", "eval", "executor", "tune")
+            "teacher", "eval", "executor", "tune", "tracking")
 """The keys a suite file may have."""
 
 EXECUTORS = ("debug", "local", "slurm")
@@ -222,6 +222,7 @@ class Suite:
     executor: ExecutorSettings
     source: str = ""
     tune: TuneSettings = field(default_factory=TuneSettings)  # equal-budget tuning (kdbench.suite.tune); off by default
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)  # live tracking (kdbench.tracking); off
 
     def to_dict(self) -> dict[str, Any]:
         """The suite as plain JSON values (as a submission's manifest stores it)."""
