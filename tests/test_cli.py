@@ -121,9 +121,13 @@ def test_local_executor_runs_jobs_in_parallel_processes(suite_file: Path, tmp_pa
 
 def test_bench_commands_print_their_ratios() -> None:
     """Behaviour only (speed is never asserted): the bench commands run and print what they measure."""
-    overhead = run_cli("kdbench", "bench", "overhead", "--repeats", "1")
+    overhead = run_cli("kdbench", "bench", "overhead", "--repeats", "2", "--epochs", "1")
     assert overhead.returncode == 0, overhead.stderr
-    assert "ratio harness / hand-written:" in overhead.stdout
+    for student in ("kdb_cnn_nano", "kdb_cnn_small"):  # both clocks for both students, from interleaved pairs
+        lines = [line for line in overhead.stdout.splitlines() if line.startswith(student)]
+        assert len(lines) == 2 and "CPU time" in lines[0] and "wall time" in lines[1], overhead.stdout
+        assert all("ratio median" in line and "(min" in line for line in lines)
+    assert "2 interleaved pairs (AB BA ...)" in overhead.stdout
     report = run_cli("kdbench", "bench", "report", "--records", "40")
     assert report.returncode == 0 and "40 FABRICATED records" in report.stdout
     gendd = run_cli("kdbench", "bench", "gendd", "--batch", "2", "--mul", "1", "--width", "32", "--depth", "1",

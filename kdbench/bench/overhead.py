@@ -7,6 +7,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -35,28 +36,36 @@ RECIPE = {"epochs": 1, "batch_size": 64, "optimizer": "sgd", "lr": 0.05, "moment
 STUDENTS = ("kdb_cnn_nano", "kdb_cnn_small")
 
 
-def harness_epochs(seed: int, folder: Path, student_name: str = "kdb_cnn_nano", epochs: int = 1) -> float:
-    """Seconds of ``epochs`` epochs through the harness's loop (``fit``: train, evaluate, checkpoint and metrics
-    line after every epoch)."""
+def harness_epochs(seed: int, folder: Path, student_name: str = "kdb_cnn_nano", epochs: int = 1) -> Timing:
+    """Wall and CPU seconds of ``epochs`` epochs through the harness's loop (``fit``: train, evaluate, checkpoint
+    and metrics line after every epoch)."""
     from kdbench.engine import TrainState, fit
 
     splits, regime, student, teacher, method = _digits_kd(seed, student_name)
     ts = TrainState(student=student, teacher=teacher, method=method, train=splits.train, regime=regime,
                     test=splits.test, recipe={**RECIPE, "epochs": epochs}, eval_batch_size=512, seed=seed,
                     device=torch.device("cpu"), run_dir=folder, log=lambda m: None)
-    began = time.perf_counter()
-    fit(ts)
-    return time.perf_counter() - began
+    with Timing() as timing:
+        fit(ts)
+    return timing
 
 
-def hand_epochs(seed: int, student_name: str = "kdb_cnn_nano", epochs: int = 1) -> float:
-    """Seconds of the same epochs written by hand: shuffled batches, KD loss, SGD, then top-1 on the test set."""
-    from kdbench.methods.kd import kd_loss
+def hand_epochs(seed: int, student_name: str = "kdb_cnn_nano", epochs: int = 1) -> Timing:
+    """Wall and CPU seconds of the same epochs written by hand: shuffled batches, KD loss, SGD, then top-1 on the
+    test set."""
 
     splits, _, student, teacher, _ = _digits_kd(seed, student_name)
     optimizer = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    with Timing() as timing:
+        _hand_loop(student, teacher, optimizer, splits, seed, epochs)
+    return timing
+
+
+def _hand_loop(student: torch.nn.Module, teacher: torch.nn.Module, optimizer: torch.optim.Optimizer, splits: Any,
+               seed: int, epochs: int) -> None:
+    from kdbench.methods.kd import kd_loss
+
     x_all, y_all = splits.train.x, splits.train.y
-    began = time.perf_counter()
     for epoch in range(epochs):
         student.train()
         order = torch.randperm(len(y_all), generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
@@ -74,42 +83,61 @@ def hand_epochs(seed: int, student_name: str = "kdb_cnn_nano", epochs: int = 1) 
         with torch.no_grad():
             for i in range(0, len(splits.test), 512):
                 _ = int((student(splits.test.x[i:i + 512]).logits.argmax(1) == splits.test.y[i:i + 512]).sum())
-    return time.perf_counter() - began
+
+
+class Timing:
+    """Wall seconds and this process's CPU seconds of a ``with`` block. On a shared machine the CPU time is the
+    steadier measure (other processes' load does not enter it); the wall time includes waits for the disk."""
+
+    def __enter__(self) -> Timing:
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall, self.cpu = time.perf_counter() - self._wall, time.process_time() - self._cpu
 
 
 def measure_overhead(student: str, repeats: int, epochs: int) -> dict[str, float]:
     """Interleaved harness/hand-written measurements (after one warm-up of each), the order alternating every
-    repetition (AB BA AB ...) so that a change of machine load hits both sides alike; the ratio of each pair."""
-    with tempfile.TemporaryDirectory() as folder:
-        harness_epochs(0, Path(folder), student, 1)
+    repetition (AB BA AB ...) so that a change of machine load hits both sides alike; the ratio of each pair, in
+    wall and in CPU time."""
+    _harness_fresh(0, student, 1)
     hand_epochs(0, student, 1)
-    harness, hand = [], []
+    pairs: list[tuple[Timing, Timing]] = []
     for i in range(repeats):
-        runs = [lambda i=i: _harness_fresh(i, student, epochs), lambda i=i: hand_epochs(i, student, epochs)]
-        first, second = runs if i % 2 == 0 else runs[::-1]
-        a, b = first(), second()
-        h, m = (a, b) if i % 2 == 0 else (b, a)
-        harness.append(h)
-        hand.append(m)
-    ratios = [h / m for h, m in zip(harness, hand, strict=True)]
-    return {"ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
-            "harness_s_median": statistics.median(harness), "hand_s_median": statistics.median(hand),
-            "repeats": repeats, "epochs": epochs}
+        if i % 2 == 0:
+            harness = _harness_fresh(i, student, epochs)
+            hand = hand_epochs(i, student, epochs)
+        else:
+            hand = hand_epochs(i, student, epochs)
+            harness = _harness_fresh(i, student, epochs)
+        pairs.append((harness, hand))
+    out: dict[str, float] = {"repeats": repeats, "epochs": epochs}
+    for clock in ("wall", "cpu"):
+        ratios = [getattr(h, clock) / getattr(m, clock) for h, m in pairs]
+        out.update({f"{clock}_ratio_median": statistics.median(ratios), f"{clock}_ratio_min": min(ratios),
+                    f"{clock}_ratio_max": max(ratios),
+                    f"{clock}_harness_s": statistics.median(getattr(h, clock) for h, _ in pairs),
+                    f"{clock}_hand_s": statistics.median(getattr(m, clock) for _, m in pairs)})
+    return out
 
 
-def _harness_fresh(seed: int, student: str, epochs: int) -> float:
+def _harness_fresh(seed: int, student: str, epochs: int) -> Timing:
     with tempfile.TemporaryDirectory() as folder:  # a fresh run folder: no checkpoint to resume from
         return harness_epochs(seed, Path(folder), student, epochs)
 
 
 def bench_overhead(repeats: int = 9, students: tuple[str, ...] = STUDENTS, epochs: int = 3) -> dict[str, dict]:
-    """Print, per student, the harness / hand-written ratio of interleaved repetitions (median, min, max)."""
+    """Print, per student, the harness / hand-written ratio of interleaved repetitions (median, min, max), in
+    this process's CPU time and in wall time."""
     torch.set_num_threads(1)
     results = {student: measure_overhead(student, repeats, epochs) for student in students}
     print(f"device: {device_name(torch.device('cpu'))}; KD from kdb_cnn_base, digits, batch 64, {epochs} epoch(s) "
           f"per measurement, {repeats} interleaved pairs (AB BA ...) per student")
     print("harness = train + evaluate + checkpoint + metrics line every epoch; hand-written = train + evaluate")
     for student, r in results.items():
-        print(f"{student:14} harness {r['harness_s_median'] * 1000:7.1f} ms  hand {r['hand_s_median'] * 1000:7.1f} ms"
-              f"  ratio median {r['ratio_median']:.3f} (min {r['ratio_min']:.3f}, max {r['ratio_max']:.3f})")
+        for clock, words in (("cpu", "CPU time"), ("wall", "wall time")):
+            print(f"{student:14} {words:9}  harness {r[f'{clock}_harness_s'] * 1000:7.1f} ms  hand "
+                  f"{r[f'{clock}_hand_s'] * 1000:7.1f} ms  ratio median {r[f'{clock}_ratio_median']:.3f} "
+                  f"(min {r[f'{clock}_ratio_min']:.3f}, max {r[f'{clock}_ratio_max']:.3f})")
     return results

@@ -33,13 +33,13 @@ def train_batches(data: TensorData | Any, indices: np.ndarray, batch_size: int, 
     (:class:`~kdbench.data.negatives.NegativeSampler`; other classes when labelled), from a generator of their
     own, so the images and their augmentation are the same as without.
     """
-    from kdbench.distributed import min_batch, shard
+    from kdbench.distributed import min_batch, shard, world_size
 
     index = torch.as_tensor(indices, dtype=torch.long)
     generator = epoch_generator(seed, epoch)
     order = index[torch.randperm(len(index), generator=generator)]
-    chunks = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
-    chunks = [chunk for chunk in chunks if len(chunk) >= min_batch() or len(order) == 1]
+    smallest = min_batch()
+    chunks = [chunk for chunk in torch.split(order, batch_size) if len(chunk) >= smallest or len(order) == 1]
     # negatives are drawn batch by batch as the epoch goes (all at once they would be items x k indices: 168 GB
     # for ImageNet with CRD's 16384); their generator is their own, so drawing lazily draws the same ones
     sampler = NegativeSampler(indices, np.asarray(data.y) if labeled else None, negatives) if negatives else None
@@ -48,12 +48,15 @@ def train_batches(data: TensorData | Any, indices: np.ndarray, batch_size: int, 
     def draw(whole_batch: torch.Tensor) -> torch.Tensor | None:  # every rank draws the whole batch's, keeps its own
         return None if sampler is None else _to(shard(sampler.draw(whole_batch, negatives_generator)), device)
 
-    mine = [shard(chunk) for chunk in chunks]
+    mine = [shard(chunk) for chunk in chunks] if world_size() > 1 else chunks  # data-parallel: a rank's slice
     if isinstance(data, TensorData):
+        here = data.x.device == torch.device(device)  # in memory on the training device: no copies to make
         for whole, chunk in zip(chunks, mine, strict=True):
-            x = data.to_input(data.x[chunk].to(device, non_blocking=True), train=True, generator=generator)
-            y = data.y[chunk].to(device) if labeled else None
-            yield Batch(x=x, y=y, index=chunk.to(device), negatives=draw(whole))
+            x, y = data.x[chunk], data.y[chunk] if labeled else None
+            if not here:
+                x, y, chunk = x.to(device, non_blocking=True), _to(y, device), chunk.to(device)
+            yield Batch(x=data.to_input(x, train=True, generator=generator), y=y, index=chunk,
+                        negatives=draw(whole) if sampler is not None else None)
         return
     for whole, chunk, (x, y) in zip(chunks, mine, data.load_batches(mine, train=True, seed=seed * 1_000_003 + epoch),
                                     strict=True):

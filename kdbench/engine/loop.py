@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -77,8 +78,11 @@ class Precision:
         return cls(amp=choice("amp"), channels_last=choice("channels_last"))
 
     def autocast(self, device: torch.device | str) -> Any:
-        """The autocast context for a forward pass (a no-op context when ``amp`` is off)."""
-        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=self.amp)
+        """The autocast context for a forward pass (a null context when ``amp`` is off: cheaper per step than a
+        disabled autocast)."""
+        if not self.amp:
+            return contextlib.nullcontext()
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
     def input(self, x: torch.Tensor) -> torch.Tensor:
         """A batch in the chosen memory format."""
@@ -181,6 +185,8 @@ class TrainState:
     spikes: SpikeCounter = field(default_factory=SpikeCounter)
     precision: Precision = Precision()
     batchnorm: str = "broadcast"  # BatchNorm statistics across data-parallel ranks: broadcast | sync | local
+    on_epoch: Callable[[dict[str, Any], int], None] | None = None  # rank 0, after each epoch's checkpoint: the
+    # epoch's metrics.jsonl line and the run's epochs so far over all phases (live tracking, kdbench.tracking)
 
 
 @dataclass
@@ -197,6 +203,22 @@ class FitOutcome:
     final: dict[str, Evaluation] = field(default_factory=dict)
     extra: dict[str, Evaluation] = field(default_factory=dict)
     resumes: list[dict[str, Any]] = field(default_factory=list)  # each restart: the phase and epoch it resumed at
+
+
+def total_grad_norm(grads: list[torch.Tensor], one_group: bool = False) -> torch.Tensor:
+    """The 2-norm of all gradients together: ``torch.nn.utils.get_total_norm``'s value. ``one_group``: the caller
+    knows they share one device and dtype, so torch's grouping by both is skipped (every step pays for it: it was
+    half the cost of the norm on a CPU)."""
+    if not grads:
+        return torch.zeros(())
+    if not one_group:
+        return torch.nn.utils.get_total_norm(grads)
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+
+
+def _one_group(params: list[torch.Tensor]) -> bool:
+    """True when ``params`` share one device and dtype (their gradients then do too)."""
+    return len({(p.device, p.dtype) for p in params}) <= 1
 
 
 SYNC_EVERY = 32
@@ -220,8 +242,9 @@ class _StepLog:
         self.spikes = self.nonfinite_grads = 0
 
     def add(self, loss: torch.Tensor, norm: torch.Tensor) -> None:
-        self.losses.append(loss.detach().float())
-        self.norms.append(norm.detach().float())
+        """One step's (detached, float32) loss and gradient norm."""
+        self.losses.append(loss)
+        self.norms.append(norm)
 
     def check(self) -> str | None:
         """Read the pending steps in order; the reason of the first diverged one, else None."""
@@ -252,10 +275,11 @@ def _train_epoch(ts: TrainState, phase: Phase, optimizer: torch.optim.Optimizer,
     ts.student.train(phase.student_train_mode)
     ts.method.train()
     names: list[str] | None = None
-    totals: torch.Tensor | None = None  # running sums of the loss terms, one vector add per step
+    term_sums = loss_sum = torch.zeros((), device=ts.device)  # running sums of the terms and of the loss
     done = 0
     log = _StepLog(ts, phase)
     params = [p for g in optimizer.param_groups for p in g.get("params")]
+    one_group = _one_group(params)
     clip = phase.recipe.grad_clip
     for batch in train_batches(ts.train, ts.regime.indices, phase.recipe.batch_size, labeled=ts.regime.labeled,
                                seed=ts.seed, epoch=epoch, device=ts.device, negatives=needs.negatives):
@@ -273,25 +297,28 @@ def _train_epoch(ts: TrainState, phase: Phase, optimizer: torch.optim.Optimizer,
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         distributed.average_gradients(params)
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        norm = total_grad_norm([p.grad for p in params if p.grad is not None], one_group)
         if clip:
             torch.nn.utils.clip_grads_with_norm_(params, clip, norm)
-        log.add(loss, norm)
+        step_loss = loss.detach()
+        log.add(step_loss, norm)
         if phase.main:
             step_hook(ts.method, optimizer, epoch * steps + done, phase.recipe.epochs * steps)
         optimizer.step()
         scheduler.step()
         if names is None:
-            names, totals = list(terms), torch.zeros(len(terms) + 1, device=ts.device)
-        totals += torch.cat([stacked.detach(), loss.detach()[None]])
+            names = list(terms)
+        term_sums = term_sums + stacked.detach()
+        loss_sum = loss_sum + step_loss
         done += 1
         if done % SYNC_EVERY == 0 and (diverged := log.check()):
             return {}, diverged
     if diverged := log.check():
         return {}, diverged
-    if totals is not None:
-        totals = distributed.sum_across(totals) / distributed.world_size()
-    values = totals.tolist() if totals is not None else []
+    values = []
+    if names is not None:
+        totals = torch.cat([term_sums.reshape(-1), loss_sum.reshape(1)])
+        values = (distributed.sum_across(totals) / distributed.world_size()).tolist()
     means = {f"train_{k}": v / max(1, done) for k, v in zip([*(names or []), "loss"], values, strict=False)}
     means.update(grad_norm_max=log.grad_norm_max, loss_spikes=log.spikes, nonfinite_grads=log.nonfinite_grads)
     return means, None
@@ -356,7 +383,7 @@ def fit(ts: TrainState) -> FitOutcome:
         history, start_phase = list(resume.history), resume.phase
         resumes = [*resume.resumes, {"phase": phases[start_phase].name, "epoch": resume.epoch}]
         ts.log(f"resumed from {phases[start_phase].name} epoch {resume.epoch} ({ckpt_path})")
-    if main:
+    if main and (history or metrics_path.exists()):
         atomic_write_jsonl(metrics_path, history)  # drop lines written after the checkpoint we resume from
     for index in range(start_phase, len(phases)):
         phase = phases[index]
@@ -401,6 +428,8 @@ def fit(ts: TrainState) -> FitOutcome:
                                     scheduler=scheduler.state_dict(), rng=rng_state(), history=history,
                                     resumes=resumes, spikes=list(ts.spikes.recent))
                 save_checkpoint(ckpt_path, point.to_state())
+                if ts.on_epoch is not None:
+                    ts.on_epoch(line, len(history))
             ts.log(f"{phase.name} epoch {epoch + 1:>3}/{epochs}  loss {line.get('train_loss', float('nan')):.4f}  "
                    f"top1 {result.top1:6.2f}  lr {lr:.3g}  {train_seconds:.2f}s")
     outcome = FitOutcome("done", history, resumes=resumes)
