@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from kdbench import store
+from kdbench.method import MethodFileError
 from kdbench.suite import SuiteError
 
 
@@ -280,6 +281,9 @@ def _cmd_teacher_import(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The ``kdbench`` argument parser."""
     parser = argparse.ArgumentParser(prog="python -m kdbench", description="kdbench: a reproducible KD benchmark")
+    parser.add_argument("--methods", action="append", default=[], metavar="DIR",
+                        help="a folder of your own method files (*.py), found beside the shipped ones; repeatable; "
+                        "kept in $KDBENCH_METHODS, so workers and SLURM jobs find them too")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a suite (by name in suites/ or by path); finished runs are skipped")
@@ -344,6 +348,20 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(args.args)
 
 
+def _use_method_folders(folders: list[str]) -> None:
+    """``--methods DIR``: check each folder and add it to ``$KDBENCH_METHODS`` (read by method discovery here and
+    inherited by every worker and job)."""
+    from kdbench.method import METHODS_ENV
+
+    for folder in folders:
+        path = Path(folder).expanduser().resolve()
+        if not path.is_dir():
+            raise MethodFileError(f"--methods: '{folder}' is not a folder")
+        known = [p for p in os.environ.get(METHODS_ENV, "").split(os.pathsep) if p]
+        if str(path) not in known:
+            os.environ[METHODS_ENV] = os.pathsep.join([*known, str(path)])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m kdbench``: one clear message and exit code 2 for a bad suite."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -358,8 +376,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     try:
+        _use_method_folders(args.methods)
         return int(args.func(args) or 0)
-    except (SuiteError, store.StoreReadError) as err:
+    except (SuiteError, store.StoreReadError, MethodFileError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except RuntimeError as err:

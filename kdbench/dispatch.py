@@ -25,6 +25,7 @@ import submitit
 from tqdm import tqdm
 
 from kdbench import slurm, store
+from kdbench.config import jsonable
 from kdbench.store.record import Environment, Record
 from kdbench.suite import ExecutorSettings, Plan, spec_id
 from kdbench.tasks import make_task
@@ -56,8 +57,11 @@ def prepare(plan: Plan, results_root: Path) -> Path:
     for run_id, path in run_dirs(root, plan).items():
         for line in check_run_files(path):
             say(f"{path}: {line}")
-        if not (path / store.SPEC).exists():
-            store.atomic_write_json(path / store.SPEC, specs[run_id].to_dict())
+        spec = specs[run_id].to_dict()
+        # written when missing, and again when only what the id leaves out changed (runtime, tracking): the
+        # run that starts next computes and tracks as the suite now says
+        if not (path / store.SPEC).exists() or store.read_json(path / store.SPEC) != jsonable(spec):
+            store.atomic_write_json(path / store.SPEC, spec)
     return root
 
 

@@ -50,10 +50,10 @@ from kdbench.batch import Batch
 from kdbench.models.network import Network, Outputs
 from kdbench.registry import Registry
 
-__all__ = ["Batch", "BindsData", "CustomPredictor", "Method", "Needs", "RecordExtras", "ReportHints", "Stage",
-           "StepHooks", "after_training", "bind_data", "describe_predictor", "discover_methods", "epoch_start",
-           "extra_evaluations", "final_predict_differs", "hyperparameters", "method_extras", "method_registry",
-           "register_method", "report_hints", "reports_probe", "step_hook"]
+__all__ = ["Batch", "BindsData", "CustomPredictor", "Method", "MethodFileError", "Needs", "RecordExtras",
+           "ReportHints", "Stage", "StepHooks", "after_training", "bind_data", "describe_predictor",
+           "discover_methods", "epoch_start", "extra_evaluations", "final_predict_differs", "hyperparameters",
+           "method_extras", "method_registry", "register_method", "report_hints", "reports_probe", "step_hook"]
 
 
 @dataclass(frozen=True)
@@ -380,12 +380,16 @@ def discover_methods(package: str = "kdbench.methods") -> Registry[type[Method]]
     return method_registry
 
 
+class MethodFileError(ValueError):
+    """A folder of one's own methods is missing, or one of its files does not import (one line naming it)."""
+
+
 def load_method_folder(folder: Path) -> list[str]:
     """Import every ``*.py`` file of ``folder`` (not ``_*``) as a method plugin (``kdbench_user_methods.<stem>``);
-    returns the module names. A missing folder raises ``FileNotFoundError`` naming it."""
+    returns the module names. :class:`MethodFileError` names a missing folder or a file that does not import."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
-        raise FileNotFoundError(f"method folder '{folder}' does not exist (--methods / ${METHODS_ENV})")
+        raise MethodFileError(f"method folder '{folder}' does not exist (--methods / ${METHODS_ENV})")
     names = []
     for path in sorted(folder.glob("*.py")):
         if path.name.startswith("_"):
@@ -397,8 +401,8 @@ def load_method_folder(folder: Path) -> list[str]:
             sys.modules[name] = module
             try:
                 spec.loader.exec_module(module)
-            except BaseException:
+            except Exception as err:
                 del sys.modules[name]
-                raise
+                raise MethodFileError(f"method file '{path}' does not import: {type(err).__name__}: {err}") from err
         names.append(name)
     return names

@@ -72,3 +72,33 @@ def test_readme_method_example_works() -> None:
         assert set(terms) == {"l1", "ce"} and all(torch.isfinite(v) for v in terms.values())
     finally:
         method_registry._items.pop("logit_l1", None)
+
+
+def test_a_folder_of_ones_own_methods_is_found_by_every_worker(tmp_path) -> None:
+    """``--methods DIR`` (an installed kdbench has no methods/ folder to drop files into): listed, and a suite
+    that names the method runs in local worker processes, which find it through $KDBENCH_METHODS."""
+    import yaml
+
+    folder = tmp_path / "my methods"
+    folder.mkdir()
+    (folder / "zz_folder_probe.py").write_text(PLUGIN.replace("zz_dropin_probe", "zz_folder_probe"))
+    listed = run_cli("kdbench", "--methods", str(folder), "list", "methods")
+    assert listed.returncode == 0 and "zz_folder_probe" in listed.stdout, listed.stdout + listed.stderr
+    assert "zz_folder_probe" not in run_cli("kdbench", "list", "methods").stdout  # only when asked for
+    suite = {"extends": "smoke", "tune": None, "regimes": [{"name": "balanced"}], "seeds": [0],
+             "methods": [{"name": "zz_folder_probe"}], "train": {"epochs": 1}, "teacher": {"train": {"epochs": 1}},
+             "executor": {"name": "local", "workers": 1}}
+    (tmp_path / "probe.yaml").write_text(yaml.safe_dump(suite))
+    ran = run_cli("kdbench", "--methods", str(folder), "run", str(tmp_path / "probe.yaml"), "--results",
+                  str(tmp_path / "r"), "--quiet", timeout=600)
+    assert ran.returncode == 0 and "finished: 2 done" in ran.stdout, ran.stdout + ran.stderr
+
+
+def test_a_missing_method_folder_or_a_broken_file_is_one_clear_error(tmp_path) -> None:
+    missing = run_cli("kdbench", "--methods", str(tmp_path / "nowhere"), "list", "methods")
+    assert missing.returncode == 2 and missing.stderr.strip() == f"error: --methods: '{tmp_path / 'nowhere'}' " \
+                                                                 "is not a folder"
+    (tmp_path / "broken.py").write_text("def oops(:\n")
+    broken = run_cli("kdbench", "--methods", str(tmp_path), "list", "methods")
+    assert broken.returncode == 2 and "Traceback" not in broken.stderr
+    assert f"method file '{tmp_path / 'broken.py'}' does not import: SyntaxError" in broken.stderr

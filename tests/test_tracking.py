@@ -135,6 +135,19 @@ def test_tracking_changes_no_run_id_and_no_spec_while_off() -> None:
     assert type(spec).from_dict(spec.to_dict()).to_dict() == spec.to_dict()
 
 
+def test_turning_tracking_on_for_prepared_runs_rewrites_their_spec_under_the_same_id(tmp_path: Path) -> None:
+    from kdbench.dispatch import prepare
+
+    plain = expand(validate(_one_pair(), check_files=False))
+    root = prepare(plain, tmp_path)
+    tracked = expand(validate(_one_pair(tracking={"backend": "tensorboard"}), check_files=False))
+    assert prepare(tracked, tmp_path) == root and sorted(tracked.runs) == sorted(plain.runs)
+    for run_id in tracked.runs:
+        assert store.read_json(root / "runs" / run_id / store.SPEC)["tracking"] == {"backend": "tensorboard"}
+    prepare(plain, tmp_path)  # and off again
+    assert all("tracking" not in store.read_json(root / "runs" / run_id / store.SPEC) for run_id in plain.runs)
+
+
 @pytest.mark.parametrize(("section", "key", "words"), [
     ({"backend": "tb"}, "tracking.backend", "unknown tracking backend 'tb' (known: mlflow, none, tensorboard, wandb)"),
     ({"backend": "wandb", "projct": "x"}, "tracking.projct", "unknown key 'projct' (known: backend, dir, entity,"),
