@@ -49,6 +49,25 @@ def write_fabricated_runs(suite: Path, records: list[dict], epochs: int = 3) -> 
                                                           for e in range(1, epochs + 1)])
 
 
+TIMING_KEYS = ("train_seconds", "eval_seconds")
+"""Per-epoch metric keys that are timings: they differ between two runs of the same numbers."""
+
+
+def records_by_id(root: Path) -> dict:
+    """Every record under ``root`` (typed), by run id."""
+    from kdbench import store
+
+    return {path.parent.name: store.load_record(path.parent) for path in sorted(Path(root).rglob(store.RESULT))}
+
+
+def metric_lines(root: Path, run_id: str) -> list[dict]:
+    """The per-epoch lines of one run under ``root``, timings left out."""
+    from kdbench import store
+
+    (path,) = Path(root).rglob(f"{run_id}/{store.METRICS}")
+    return [{k: v for k, v in line.items() if k not in TIMING_KEYS} for line in store.read_jsonl(path)]
+
+
 @pytest.fixture
 def suite_file(tmp_path: Path) -> Path:
     """A tiny synthetic suite written into a folder whose name has a space and a quote."""

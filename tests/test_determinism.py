@@ -7,37 +7,25 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import tiny_suite
+from conftest import metric_lines, records_by_id, tiny_suite
 
-from kdbench import store
 from kdbench.dispatch import dispatch
 from kdbench.engine import set_deterministic
 from kdbench.suite import expand, validate
-
-TIMING = ("train_seconds", "eval_seconds")
-
-
-def _records(root: Path) -> dict[str, store.Record]:
-    return {path.parent.name: store.load_record(path.parent) for path in sorted(root.rglob(store.RESULT))}
-
-
-def _lines(root: Path, run_id: str) -> list[dict]:
-    (path,) = root.rglob(f"{run_id}/{store.METRICS}")
-    return [{k: v for k, v in line.items() if k not in TIMING} for line in store.read_jsonl(path)]
 
 
 def test_two_runs_with_one_seed_give_bit_identical_records_on_cpu(tmp_path: Path) -> None:
     suite = validate(tiny_suite(regimes=[{"name": "balanced"}], methods=[{"name": "kd"}, {"name": "mse"}]))
     for name in ("first", "second"):
         dispatch(expand(suite), tmp_path / name, suite.executor, progress=False)
-    first, second = _records(tmp_path / "first"), _records(tmp_path / "second")
+    first, second = records_by_id(tmp_path / "first"), records_by_id(tmp_path / "second")
     assert first.keys() == second.keys() and len(first) == 3
     for run_id, one in first.items():
         two = second[run_id]
         assert one.state == two.state == "done"
         assert one.metrics == two.metrics  # exact floats, not approx
         assert one.stability == two.stability
-        assert _lines(tmp_path / "first", run_id) == _lines(tmp_path / "second", run_id)
+        assert metric_lines(tmp_path / "first", run_id) == metric_lines(tmp_path / "second", run_id)
         for key in ("cpu", "cpu_flags", "cpu_capability", "blas", "onednn", "deterministic"):
             assert key in one.env, key
         assert one.env.deterministic is False
@@ -52,7 +40,7 @@ def _first_epoch_losses(tmp_path: Path, processes: int) -> dict[str, float]:
     plan = expand(suite)
     summary = dispatch(plan, tmp_path, suite.executor, progress=False)
     assert summary.counts() == {"done": 2}, summary.states
-    return {run_id: _lines(tmp_path, run_id)[0]["train_loss"] for run_id in plan.specs()}
+    return {run_id: metric_lines(tmp_path, run_id)[0]["train_loss"] for run_id in plan.specs()}
 
 
 def test_one_and_two_processes_agree_on_the_first_epochs_loss(tmp_path: Path) -> None:

@@ -7,23 +7,11 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, tiny_suite, write_suite
+from conftest import metric_lines, records_by_id, run_cli, tiny_suite, write_suite
 
-from kdbench import store
 from kdbench.dispatch import dispatch
 from kdbench.suite import SuiteError, expand, validate
 from kdbench.tasks import PackTask, RunTask, make_task
-
-TIMING = ("train_seconds", "eval_seconds")
-
-
-def _records(root: Path) -> dict[str, store.Record]:
-    return {path.parent.name: store.load_record(path.parent) for path in sorted(root.rglob(store.RESULT))}
-
-
-def _lines(root: Path, run_id: str) -> list[dict]:
-    (path,) = root.rglob(f"{run_id}/{store.METRICS}")
-    return [{k: v for k, v in line.items() if k not in TIMING} for line in store.read_jsonl(path)]
 
 
 def test_two_runs_per_job_give_the_records_of_one_run_per_job(tmp_path: Path) -> None:
@@ -33,13 +21,13 @@ def test_two_runs_per_job_give_the_records_of_one_run_per_job(tmp_path: Path) ->
     packed_settings = dataclasses.replace(suite.executor, runs_per_gpu=2)
     packed = dispatch(expand(suite), tmp_path / "packed", packed_settings, progress=False)
     assert alone.counts() == packed.counts() == {"done": 5}  # 1 teacher + 2 methods x 2 regimes
-    one, two = _records(tmp_path / "alone"), _records(tmp_path / "packed")
+    one, two = records_by_id(tmp_path / "alone"), records_by_id(tmp_path / "packed")
     assert one.keys() == two.keys()
     for run_id, record in one.items():
         assert two[run_id].state == record.state == "done"
         assert two[run_id].metrics == record.metrics  # exact floats
         assert two[run_id].stability == record.stability
-        assert _lines(tmp_path / "packed", run_id) == _lines(tmp_path / "alone", run_id)
+        assert metric_lines(tmp_path / "packed", run_id) == metric_lines(tmp_path / "alone", run_id)
     # a packed job is one submitit job for two runs: fewer job folders than runs
     jobs = [p for p in (tmp_path / "packed" / "tiny" / ".submitit").iterdir() if p.is_dir()]
     assert len(jobs) < len(two)
