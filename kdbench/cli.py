@@ -136,7 +136,7 @@ def _print_status(folders: list[Path]) -> dict[str, int]:
         run_dirs = [folder / kind / run_id for kind in ("teachers", "runs") for run_id in expected.get(kind, [])]
         jobs = {path: slurm.job_of(ref) for path in run_dirs
                 if not (path / store.RESULT).exists() and (ref := slurm.read_job_ref(path))}
-        job_states = slurm.current_states(jobs.values())  # one sacct call for all of them
+        job_states = slurm.current_states(jobs.values(), confirm=True)  # one sacct (+ one squeue) call
         states = {}
         for run_dir in run_dirs:
             job = jobs.get(run_dir)

@@ -58,9 +58,12 @@ def prepare(plan: Plan, results_root: Path) -> Path:
         for line in check_run_files(path):
             say(f"{path}: {line}")
         spec = specs[run_id].to_dict()
-        # written when missing, and again when only what the id leaves out changed (runtime, tracking): the
-        # run that starts next computes and tracks as the suite now says
-        if not (path / store.SPEC).exists() or store.read_json(path / store.SPEC) != jsonable(spec):
+        # written when missing, and again when only what the id leaves out changed (runtime, tracking) for a run
+        # that has not started: it computes and tracks as the suite now says. A run that has a checkpoint or a
+        # record keeps the spec it started with (no mixed precision within one record)
+        if not (path / store.SPEC).exists() or (not (path / store.CHECKPOINT).exists()
+                                                 and not (path / store.RESULT).exists()
+                                                 and store.read_json(path / store.SPEC) != jsonable(spec)):
             store.atomic_write_json(path / store.SPEC, spec)
     return root
 
@@ -175,6 +178,8 @@ class _Collector:
         except store.StoreReadError as err:
             store.move_aside(run_dir / store.RESULT)
             record, reason = None, reason or f"the job left an invalid record ({err.problem})"
+        if record is not None and record.finished:  # its own ending stands (a pack the watchdog cancelled)
+            reason = None
         if reason or record is None:
             job_info = {}
             if job is not None:
@@ -378,12 +383,15 @@ def _submit_array(settings: ExecutorSettings, root: Path, kind: str, run_ids: li
     folder = root / ".submitit"
     executor = slurm.slurm_executor(settings, folder, kind, dependency, job_name=f"kdb-{root.name}")
     resources = settings.for_kind(kind)
-    size = resources.runs_per_gpu
+    # teachers are never packed: a job fails when one of its runs fails (so SLURM cancels what depends on it),
+    # and students depend on their teacher's job
+    size = resources.runs_per_gpu if kind == "student" else 1
     packs = [run_ids[start:start + size] for start in range(0, len(run_ids), size)]
-    threads = max(1, resources.cpus_per_task // (resources.processes() * len(packs[0])))
     try:
         with executor.batch():
-            jobs = [executor.submit(make_task([dirs[run_id] for run_id in pack], threads, fail_job=True))
+            jobs = [executor.submit(make_task([dirs[run_id] for run_id in pack],
+                                              max(1, resources.cpus_per_task // (resources.processes() * len(pack))),
+                                              fail_job=True))
                     for pack in packs]
     except (submitit.core.utils.FailedJobError, OSError) as err:  # sbatch missing or refusing the options
         raise SubmissionError(f"sbatch refused the {kind} job array ({len(run_ids)} runs): "
@@ -417,9 +425,11 @@ def _dispatch_slurm(plan: Plan, root: Path, settings: ExecutorSettings, queue: l
             continue
         students.update(_submit_array(settings, root, "student", run_ids, dirs, dependency))
     jobs.update(students)
-    summary.submitted = len(fresh) + len(students)
-    arrays = sorted({str(job.job_id).split("_")[0] for job in [*fresh.values(), *students.values()]})
-    collector.bar.write(f"slurm: submitted {summary.submitted} job(s) (arrays {', '.join(arrays) or '-'}), "
+    summary.submitted = len(fresh) + len(students)  # runs
+    submitted_jobs = {str(job.job_id) for job in [*fresh.values(), *students.values()]}  # a pack is one job
+    arrays = sorted({job_id.split("_")[0] for job_id in submitted_jobs})
+    runs = f" for {summary.submitted} run(s)" if len(submitted_jobs) != summary.submitted else ""
+    collector.bar.write(f"slurm: submitted {len(submitted_jobs)} job(s){runs} (arrays {', '.join(arrays) or '-'}), "
                         f"attached to {summary.attached} still queued")
     if settings.wait:
         _watch(jobs, settings, collector)
@@ -439,7 +449,7 @@ def _watch(jobs: dict[str, submitit.Job], settings: ExecutorSettings, collector:
     states: dict[str, str] = {}
     while jobs and time.monotonic() < deadline:
         if time.monotonic() - last_poll >= settings.poll_s:
-            states = slurm.current_states(jobs.values())  # one sacct call for every job
+            states = slurm.current_states(jobs.values(), confirm=True)  # one sacct, at most one squeue call
             last_poll = time.monotonic()
         for run_id, job in list(jobs.items()):
             state = states.get(str(job.job_id), "UNKNOWN")
@@ -455,6 +465,7 @@ being requeued (time limit, preemption) passes through states that look final fo
 
 
 def _ended(run_id: str, job: submitit.Job, state: str, looked_ended: dict[str, float], settle_s: float) -> bool:
+    """Whether ``job`` ended: its result is written, or its (confirmed) state has looked final for ``settle_s``."""
     if job.paths.result_pickle.exists():
         return True
     if slurm.is_active(job, state):

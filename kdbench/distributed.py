@@ -209,14 +209,6 @@ def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
     return to_sync_batchnorm(module)
 
 
-def mean_across(value: float, device: torch.device | str = "cpu") -> float:
-    """Mean of a float over ranks."""
-    n = world_size()
-    if n == 1:
-        return value
-    return float(sum_across(torch.tensor([value], dtype=torch.float64, device=device))[0]) / n
-
-
 def barrier() -> None:
     """Wait for every rank (no-op when not distributed)."""
     if world_size() > 1:

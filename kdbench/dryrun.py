@@ -170,7 +170,7 @@ def describe_plan(suite: Suite, plan: Plan, results_root: Path, baseline: str | 
     kinds = Counter(spec.label if spec.verifies else "trained" for spec in plan.teachers.values())
     lines += ["", f"teacher jobs: {len(plan.teachers)} (" + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
               + f"); student runs: {len(plan.runs)}"]
-    lines += ["", _executor_line(suite.executor), _gpu_hours(suite.executor, len(plan.teachers), len(plan.runs))]
+    lines += ["", _executor_line(suite.executor), _gpu_hours(suite.executor, plan)]
     return "\n".join(lines)
 
 
@@ -225,7 +225,7 @@ def write_plan_json(suite: Suite, plan: Plan, path: Path) -> None:
 
 
 def _executor_line(executor: ExecutorSettings) -> str:
-    packed = f", {executor.runs_per_gpu} runs packed per job" if executor.runs_per_gpu > 1 else ""
+    packed = f", students packed {executor.runs_per_gpu} per job" if executor.runs_per_gpu > 1 else ""
     if executor.name != "slurm":
         return f"executor: {executor.name}{packed}"
     parts = [f"{k} {getattr(executor, k)}" for k in ("partition", "account", "qos", "constraint")
@@ -263,10 +263,11 @@ def _unit(executor: ExecutorSettings, short: bool = False) -> str:
 
 
 def _hours_per_run(executor: ExecutorSettings, kind: str) -> tuple[float, bool]:
-    """Device-hours of one ``kind`` run (GPUs x wall hours; a packed job's are shared by its ``runs_per_gpu``
-    runs, the job taken to last as long as one run alone), and whether that is the time limit's upper bound."""
+    """Device-hours of one ``kind`` run (GPUs x wall hours; a packed student job's are shared by its
+    ``runs_per_gpu`` runs, the job taken to last as long as one run alone), and whether that is the time limit's
+    upper bound."""
     per_job, bound = _hours_per_job(executor, kind)
-    return per_job / executor.for_kind(kind).runs_per_gpu, bound
+    return per_job / (executor.for_kind(kind).runs_per_gpu if kind == "student" else 1), bound
 
 
 def _hours_per_job(executor: ExecutorSettings, kind: str) -> tuple[float, bool]:
@@ -277,15 +278,19 @@ def _hours_per_job(executor: ExecutorSettings, kind: str) -> tuple[float, bool]:
     return max(1, settings.gpus_per_run) * per_run, bound
 
 
-def _gpu_hours(executor: ExecutorSettings, teachers: int, runs: int) -> str:
+def _gpu_hours(executor: ExecutorSettings, plan: Plan) -> str:
+    """The suite's estimated device-hours: one job per teacher, and per teacher its students in packs of
+    ``runs_per_gpu`` (as the SLURM dispatcher groups them), each job counted at one run's hours."""
     (t_per, t_bound), (s_per, s_bound) = _hours_per_job(executor, "teacher"), _hours_per_job(executor, "student")
     size = executor.runs_per_gpu
-    t_hours, s_hours = math.ceil(teachers / size) * t_per, math.ceil(runs / size) * s_per
+    by_teacher = Counter(spec.teacher_id for spec in plan.runs.values())
+    t_hours, s_hours = len(plan.teachers) * t_per, sum(math.ceil(n / size) for n in by_teacher.values()) * s_per
     how = "upper bound from the time limits (set executor.hours_per_run for an estimate)" if t_bound or s_bound \
         else "from executor.hours_per_run"
     packed = ""
-    if executor.runs_per_gpu > 1:
-        packed = (f"; {executor.runs_per_gpu} runs packed per job, counted as lasting one run's time (they share "
-                  f"a device a single CIFAR-size run leaves mostly idle; `python -m kdbench bench gpu` measures it)")
+    if size > 1:
+        packed = (f"; students packed {size} per job, each job counted as lasting one run's time (a CIFAR-size run "
+                  f"leaves most of a modern GPU idle; a packed pilot job's seconds per epoch against an unpacked "
+                  f"one's show how true that is on your cards)")
     return (f"estimated {_unit(executor)}: {t_hours + s_hours:,.0f} ({t_hours:,.0f} teachers + {s_hours:,.0f} "
             f"students; {how}{packed})")

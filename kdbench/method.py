@@ -30,6 +30,7 @@ silently skipped.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -385,8 +386,9 @@ class MethodFileError(ValueError):
 
 
 def load_method_folder(folder: Path) -> list[str]:
-    """Import every ``*.py`` file of ``folder`` (not ``_*``) as a method plugin (``kdbench_user_methods.<stem>``);
-    returns the module names. :class:`MethodFileError` names a missing folder or a file that does not import."""
+    """Import every ``*.py`` file of ``folder`` (not ``_*``) as a method plugin (module
+    ``kdbench_user_methods.<stem>_<folder hash>``); returns the module names. :class:`MethodFileError` names a
+    missing folder or a file that does not import."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise MethodFileError(f"method folder '{folder}' does not exist (--methods / ${METHODS_ENV})")
@@ -394,7 +396,8 @@ def load_method_folder(folder: Path) -> list[str]:
     for path in sorted(folder.glob("*.py")):
         if path.name.startswith("_"):
             continue
-        name = f"kdbench_user_methods.{path.stem}"
+        # the folder in the name: two folders may each hold a file of the same name
+        name = f"kdbench_user_methods.{path.stem}_{hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:8]}"
         if name not in sys.modules:
             spec = importlib.util.spec_from_file_location(name, path)
             module = importlib.util.module_from_spec(spec)

@@ -77,21 +77,28 @@ def job_of(ref: dict[str, Any]) -> submitit.Job:
     return cls(folder=ref["folder"], job_id=ref["job_id"])
 
 
-def current_states(jobs: Iterable[submitit.Job]) -> dict[str, str]:
-    """Each job's SLURM state now, as one word (``CANCELLED by 0`` -> ``CANCELLED``), by job id; one ``sacct``
-    call for all of them.
+def current_states(jobs: Iterable[submitit.Job], confirm: bool = False) -> dict[str, str]:
+    """Each job's SLURM state now, as one word (``CANCELLED by 0`` -> ``CANCELLED``), by job id: one ``sacct``
+    call for all of them, and one ``squeue`` call for those it cannot place.
 
     Asked afresh every time: submitit's own watcher stops asking about a job once it has seen it in a state it
     takes for final, and a job being requeued passes through such states for a moment, so its cached state can
-    stick. Right after submission the accounting database may not know a job yet; the controller does, so
-    ``squeue`` is asked then. UNKNOWN only when neither knows."""
+    stick. Right after submission the accounting database may not know a job yet; the controller does, so it is
+    asked then (UNKNOWN only when neither knows). With ``confirm``, a state that looks final is confirmed with the
+    controller too: accounting lags it while a job is requeued, so the controller's active state wins."""
     jobs = list(jobs)
     states = {str(job.job_id): (job.state or "UNKNOWN") for job in jobs if not isinstance(job, submitit.SlurmJob)}
     slurm_ids = [str(job.job_id) for job in jobs if isinstance(job, submitit.SlurmJob)]
     info = _sacct(slurm_ids) if slurm_ids else {}
     states.update({job_id: info.get(job_id, {}).get("State") or "UNKNOWN" for job_id in slurm_ids})
     words = {job_id: (state.split() or ["UNKNOWN"])[0].upper() for job_id, state in states.items()}
-    return {job_id: (queue_state(job_id) or state) if state == "UNKNOWN" else state for job_id, state in words.items()}
+    ask = [job_id for job_id in slurm_ids
+           if words[job_id] == "UNKNOWN" or (confirm and words[job_id] not in ACTIVE_STATES)]
+    queued = queue_states(ask) if ask else {}
+    for job_id in ask:
+        if job_id in queued and (words[job_id] == "UNKNOWN" or queued[job_id] in ACTIVE_STATES):
+            words[job_id] = queued[job_id]
+    return words
 
 
 def _sacct(job_ids: list[str]) -> dict[str, dict[str, str]]:
@@ -111,33 +118,36 @@ def slurm_state(job: submitit.Job) -> str:
     return current_states([job])[str(job.job_id)]
 
 
-def queue_state(job_id: str) -> str | None:
-    """The controller's state of a job still in the queue (``squeue``), or None when it is not there."""
+def queue_states(job_ids: list[str]) -> dict[str, str]:
+    """The controller's states of the given jobs still in its queue (one ``squeue`` call; jobs it no longer
+    holds are left out)."""
     try:
-        out = subprocess.run(["squeue", "--noheader", "--jobs", job_id, "--format", "%T"], capture_output=True,
-                             text=True, timeout=30, check=False)
+        out = subprocess.run(["squeue", "--noheader", "--jobs", ",".join(job_ids), "--format", "%i|%T"],
+                             capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired):
-        return None
-    states = out.stdout.split()
-    return states[0].upper() if out.returncode == 0 and states else None
+        return {}
+    # squeue exits 1 when it holds none of them, and prints those it holds otherwise; pending array ranges
+    # (``12_[3-5]``) are expanded by submitit's parser
+    info = SlurmInfoWatcher().read_info("JobID|State\n" + out.stdout)
+    return {job_id: info[job_id]["State"].split()[0].upper() for job_id in job_ids
+            if info.get(job_id, {}).get("State")}
 
 
 def is_active(job: submitit.Job, state: str | None = None) -> bool:
-    """True while the job may still run (queued, running, being requeued): no result written yet, and sacct
-    (``state``, asked now when not given) or the controller still holds it in an active state. Accounting lags
-    the controller while a job is requeued, so a state that looks final is confirmed with ``squeue``."""
+    """True while the job may still run (queued, running, being requeued): no result written yet, and its
+    ``state`` (asked now, confirmed with the controller, when not given; see :func:`current_states`) active."""
     if job.paths.result_pickle.exists():
         return False
-    if (state or slurm_state(job)) in ACTIVE_STATES:
-        return True
-    return queue_state(str(job.job_id)) in ACTIVE_STATES
+    if state is None:
+        state = current_states([job], confirm=True)[str(job.job_id)]
+    return state in ACTIVE_STATES
 
 
 def active_jobs(run_dirs: dict[str, Path]) -> dict[str, submitit.Job]:
     """Of the given runs without a finished record, those whose recorded SLURM job is still queued or running."""
     refs = {run_id: read_job_ref(path) for run_id, path in run_dirs.items() if not store.is_finished(path)}
     jobs = {run_id: job_of(ref) for run_id, ref in refs.items() if ref and ref.get("cluster") == "slurm"}
-    states = current_states(jobs.values())  # one sacct call answers for every registered job
+    states = current_states(jobs.values(), confirm=True)  # one sacct and at most one squeue call for all
     return {run_id: job for run_id, job in jobs.items() if is_active(job, states[str(job.job_id)])}
 
 

@@ -145,6 +145,10 @@ def _execute_packed(run_dir: str, threads: int) -> None:
 
     torch.set_num_threads(threads)
     stop_with_parent()
+    # SLURM signals every process of the job before its time limit (SIGUSR2, whose default action kills): the
+    # pack's own process requeues the job, and its children stop between two writes when it goes (SIGINT)
+    with contextlib.suppress(AttributeError, ValueError):
+        signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     with contextlib.suppress(KeyboardInterrupt):  # stopped: the checkpoint stays, the pack reports it
         execute(Path(run_dir))
 

@@ -148,6 +148,7 @@ class TensorBoardTracker:
         self.settings, self.writer, self.step = settings, None, 0
 
     def start(self, info: RunInfo) -> None:
+        """Open the event-file writer and record the spec (a resumed run adds an event file to the folder)."""
         from torch.utils.tensorboard import SummaryWriter
 
         folder = Path(self.settings.dir) / info.run_id if self.settings.dir else info.run_dir / "tensorboard"
@@ -157,12 +158,14 @@ class TensorBoardTracker:
         self.writer.add_text("run", ", ".join(f"{k} {v}" for k, v in info.tags.items()))
 
     def log_epoch(self, metrics: Mapping[str, float], step: int) -> None:
+        """One scalar per metric at ``step``, flushed."""
         for name, value in metrics.items():
             self.writer.add_scalar(name, value, step)
         self.writer.flush()
         self.step = step
 
     def finish(self, summary: Mapping[str, Any]) -> None:
+        """The final metrics as ``final/<name>`` and the state as text; the writer is closed."""
         for name, value in summary_numbers(summary).items():
             self.writer.add_scalar(f"final/{name}", value, self.step)
         self.writer.add_text("state", str(summary.get("state")), self.step)
@@ -182,12 +185,15 @@ class WandbTracker:
         self.settings, self.run = settings, None
 
     def start(self, info: RunInfo) -> None:
+        """Start (or, resumed, continue) the W&B run whose id is the run id."""
         import wandb
 
         folder = Path(self.settings.dir) if self.settings.dir else info.run_dir
         folder.mkdir(parents=True, exist_ok=True)
         tags = [f"{k}:{v}" for k, v in info.tags.items() if k in ("role", "label", "regime")]
+        # the run id is the W&B id: a run resumed after a requeue or a kill continues its W&B run
         self.run = wandb.init(project=self.settings.project or info.suite, entity=self.settings.entity,
+                              id=info.run_id, resume="allow",
                               group=info.suite, job_type=info.role, name=info.name, config=info.config,
                               tags=[*tags, *self.settings.tags], dir=str(folder),
                               mode=self.settings.mode or "offline",
@@ -196,9 +202,11 @@ class WandbTracker:
                       + ("; upload it with `wandb sync`" if (self.settings.mode or "offline") == "offline" else ""))
 
     def log_epoch(self, metrics: Mapping[str, float], step: int) -> None:
+        """The epoch's metrics at ``step``."""
         self.run.log(dict(metrics), step=step)
 
     def finish(self, summary: Mapping[str, Any]) -> None:
+        """The final metrics and state in the run's summary; the run ends (exit code 1 unless done or diverged)."""
         self.run.summary.update({**summary_numbers(summary), "state": str(summary.get("state"))})
         self.run.finish(exit_code=0 if summary.get("state") in ("done", "diverged") else 1)
 
@@ -222,6 +230,7 @@ class MlflowTracker:
         self.settings, self.client, self.run_id, self.step = settings, None, None, 0
 
     def start(self, info: RunInfo) -> None:
+        """Open the store, then create the run, or continue the one tagged with this run id (a resumed run)."""
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
@@ -233,11 +242,17 @@ class MlflowTracker:
         self.client = MlflowClient(tracking_uri=uri)
         experiment = self._experiment(self.settings.project or info.suite)
         tags = {**info.tags, **{tag: "" for tag in self.settings.tags}}
-        self.run_id = self.client.create_run(experiment, run_name=info.name, tags=tags).info.run_id
+        earlier = self.client.search_runs([experiment], filter_string=f"tags.run_id = '{info.run_id}'",
+                                          max_results=1)
+        if earlier:  # resumed after a requeue or a kill: the same MLflow run goes on
+            self.run_id = earlier[0].info.run_id
+            self.client.update_run(self.run_id, status="RUNNING")
+        else:
+            self.run_id = self.client.create_run(experiment, run_name=info.name, tags=tags).info.run_id
+            params = [Param(key, value[:6000]) for key, value in sorted(_flat(info.config).items())]
+            for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
+                self.client.log_batch(self.run_id, params=params[i:i + 100])
         self.where = f"MLflow run {self.run_id} in {uri}"
-        params = [Param(key, value[:6000]) for key, value in sorted(_flat(info.config).items())]
-        for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
-            self.client.log_batch(self.run_id, params=params[i:i + 100])
 
     def _experiment(self, name: str) -> str:
         """The id of the experiment ``name``, created if needed (another run may create it at the same time)."""
@@ -259,10 +274,12 @@ class MlflowTracker:
         self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
 
     def log_epoch(self, metrics: Mapping[str, float], step: int) -> None:
+        """The epoch's metrics at ``step``, in one batch."""
         self._log(metrics, step)
         self.step = step
 
     def finish(self, summary: Mapping[str, Any]) -> None:
+        """The final metrics as ``final/<name>``, the state as a tag and as the run's status."""
         state = str(summary.get("state"))
         self._log({f"final/{k}": v for k, v in summary_numbers(summary).items()}, self.step)
         self.client.set_tag(self.run_id, "state", state)

@@ -64,7 +64,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdbench.method import Batch, Method, Needs, ce_term, register_method
-from kdbench.methods.feature_utils import as_map, same_size
+from kdbench.methods.feature_utils import as_map, same_size, stage_tap
 from kdbench.methods.kd import kd_loss
 from kdbench.models import Network, Outputs
 
@@ -236,6 +236,8 @@ class DiffusionBranch(nn.Module):
         self.num_train_timesteps = num_train_timesteps
         self.timesteps, self.stride = ddim_timesteps(num_train_timesteps, inference_steps)
         self.register_buffer("alphas_cumprod", linear_alphas_cumprod(num_train_timesteps), persistent=False)
+        self._host_alphas = self.alphas_cumprod.clone()  # on the CPU: the DDIM chain reads scalars of it, and
+        # reading them from a GPU buffer would make every step wait (20 times) for the device
 
     def forward(self, student_map: torch.Tensor, teacher_map: torch.Tensor, *, noise: torch.Tensor | None = None,
                 train_noise: torch.Tensor | None = None, train_t: torch.Tensor | None = None) -> BranchOutput:
@@ -248,7 +250,7 @@ class DiffusionBranch(nn.Module):
             target, reconstruction = compress(self.autoencoder, teacher_map)
         noise = torch.randn_like(x) if noise is None else noise
         gamma = self.noise_adapter(x)
-        x = ddim_denoise(self.denoiser, adapt_noise(x, noise, gamma), self.alphas_cumprod, self.timesteps,
+        x = ddim_denoise(self.denoiser, adapt_noise(x, noise, gamma), self._host_alphas, self.timesteps,
                          self.stride)
         refined = self.out_proj(x)
         train_noise = torch.randn_like(target) if train_noise is None else train_noise
@@ -289,7 +291,7 @@ class DiffKD(Method):
         if tau <= 0:
             raise ValueError(f"tau must be > 0, got {tau}")
         self.weight, self.ce, self.tau = weight, ce, tau
-        s_tap, t_tap = student.tap_names[stage], teacher.tap_names[stage]
+        s_tap, t_tap = stage_tap(student, stage, "diffkd"), stage_tap(teacher, stage, "diffkd")
         (s_chs, _), (t_chs, _) = student.tap_info(s_tap), teacher.tap_info(t_tap)
         latent = (ae_channels or t_chs // 2) if use_ae else None
         steps = {"inference_steps": inference_steps, "num_train_timesteps": num_train_timesteps}

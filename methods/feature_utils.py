@@ -28,6 +28,16 @@ def paired_stages(student: Network, teacher: Network, skip_stem: bool = True, st
             tuple(name + PRE if teacher_preact else name for name in t_names))
 
 
+def stage_tap(network: Network, stage: int, method: str) -> str:
+    """The tap name of stage ``stage`` of ``network`` (negative: counted from the last); ``ValueError`` naming the
+    method and the valid stages otherwise."""
+    names = network.tap_names
+    if not -len(names) <= stage < len(names):
+        raise ValueError(f"{method}: stage {stage} does not exist in model '{network.name}' "
+                         f"(stages: {', '.join(names)})")
+    return names[stage]
+
+
 def missing_preact(network: Network, taps: tuple[str, ...], need_bn: bool = False) -> str | None:
     """Why ``network`` cannot give the pre-activation taps ``taps`` (or their BatchNorm), or None."""
     missing = [tap for tap in taps if tap not in network.preact_tap_names]

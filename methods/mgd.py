@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdbench.method import Batch, Method, Needs, ce_term, register_method
-from kdbench.methods.feature_utils import as_map, same_size
+from kdbench.methods.feature_utils import as_map, same_size, stage_tap
 from kdbench.models import Network, Outputs
 
 MASK_MODES = ("channel", "spatial")
@@ -121,7 +121,7 @@ class MGD(Method):
         if not 0.0 <= mask_ratio <= 1.0:
             raise ValueError(f"mgd: mask_ratio must lie in [0, 1], got {mask_ratio}")
         self.weight, self.mask_ratio, self.mask_mode, self.ce = weight, mask_ratio, mask_mode, ce
-        s_tap, t_tap = _stage_tap(student, stage), _stage_tap(teacher, stage)
+        s_tap, t_tap = stage_tap(student, stage, "mgd"), stage_tap(teacher, stage, "mgd")
         s_chs, t_chs = student.tap_info(s_tap)[0], teacher.tap_info(t_tap)[0]
         self.align = nn.Conv2d(s_chs, t_chs, 1) if s_chs != t_chs else None
         self.generation = generation_block(t_chs)
@@ -131,11 +131,3 @@ class MGD(Method):
         fs, ft = same_size(as_map(s.taps[self.needs.student_taps[0]]), as_map(t.taps[self.needs.teacher_taps[0]]))
         loss = mgd_loss(fs, ft, self.generation, self.align, mask_ratio=self.mask_ratio, mask_mode=self.mask_mode)
         return {"mgd": self.weight * loss, **ce_term(batch, s.logits, self.ce)}
-
-
-def _stage_tap(network: Network, stage: int) -> str:
-    """The tap name of stage ``stage`` (negative: counted from the last), with an error naming the valid range."""
-    names = network.tap_names
-    if not -len(names) <= stage < len(names):
-        raise ValueError(f"mgd: stage {stage} does not exist in model '{network.name}' (stages: {', '.join(names)})")
-    return names[stage]

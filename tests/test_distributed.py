@@ -46,7 +46,7 @@ def _check_collectives(expected_world: int) -> None:
     distributed.average_gradients([grad])
     assert torch.allclose(grad.grad, torch.full((3,), 1.5))
     assert distributed.shard(torch.arange(5)).tolist() == ([0, 2, 4] if r == 0 else [1, 3])
-    assert distributed.mean_across(float(r)) == 0.5
+    assert distributed.sum_across(torch.tensor([float(r)], dtype=torch.float64)).item() == 1.0
     assert distributed.gather_rows(torch.full((2, 3), float(r))).tolist() == [[0.0] * 3] * 2 + [[1.0] * 3] * 2
     # CRD's memory bank stays the same on every rank: each applies every rank's rows
     from kdbench.methods.crd import ContrastMemory

@@ -302,7 +302,8 @@ def test_packed_runs_share_one_job_and_give_the_records_of_unpacked_runs(tmp_pat
     suite = write_suite(tmp_path / "packed.yaml", vanilla_suite("packed", epochs=3, seeds=(0, 1), cpus_per_task=2,
                                                                 runs_per_gpu=2))
     out = run_cli("kdbench", "run", str(suite), "--results", str(tmp_path / "r"), "--quiet", timeout=600)
-    assert out.returncode == 0 and "submitted 2 job(s)" in out.stdout, out.stdout + out.stderr  # teacher + 1 pack
+    # vanilla needs no teacher: two runs, one pack, one job
+    assert out.returncode == 0 and "submitted 1 job(s) for 2 run(s)" in out.stdout, out.stdout + out.stderr
     packed = records(tmp_path / "r" / "packed")
     runs = [p for p in (tmp_path / "r" / "packed" / "runs").iterdir()]
     assert len(runs) == 2 and len({read_job_ref(p)["job_id"] for p in runs}) == 1  # both runs: one job

@@ -1,7 +1,7 @@
 """How the SLURM watcher decides that a job has ended, without a cluster: a job being requeued passes through
-states that look final for a moment (and submitit's own watcher then stops asking about it); such a job must
-not be collected as dead while the controller still holds it, and a job that really died is collected once its
-ended look has lasted the settle time."""
+states that look final for a moment in accounting (and submitit's own watcher then stops asking about it); the
+controller's active state wins over them, and a job that really died is collected once its ended look has lasted
+the settle time. States come from one sacct call and at most one squeue call per poll, whatever the job count."""
 
 from __future__ import annotations
 
@@ -18,20 +18,9 @@ def fake_job(tmp_path: Path, job_id: str = "7_0") -> SimpleNamespace:
     return SimpleNamespace(job_id=job_id, paths=SimpleNamespace(result_pickle=tmp_path / f"{job_id}_result.pkl"))
 
 
-def test_a_final_looking_state_is_not_an_end_while_the_controller_still_runs_the_job(
+def test_a_job_without_a_result_ends_after_looking_ended_for_the_settle_time(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     job = fake_job(tmp_path)
-    monkeypatch.setattr(slurm, "queue_state", lambda job_id: "PENDING")  # requeued: waiting to start again
-    seen: dict[str, float] = {}
-    assert not dispatch._ended("run", job, "COMPLETED", seen, settle_s=0.0)
-    assert not dispatch._ended("run", job, "RUNNING", seen, settle_s=0.0)
-    assert seen == {}
-
-
-def test_a_job_gone_from_the_controller_without_a_result_ends_after_the_settle_time(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    job = fake_job(tmp_path)
-    monkeypatch.setattr(slurm, "queue_state", lambda job_id: None)
     clock = iter([100.0, 105.0, 116.0])
     monkeypatch.setattr(dispatch.time, "monotonic", lambda: next(clock))
     seen: dict[str, float] = {}
@@ -43,12 +32,12 @@ def test_a_job_gone_from_the_controller_without_a_result_ends_after_the_settle_t
 def test_an_active_state_in_between_restarts_the_settle_time(tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     job = fake_job(tmp_path)
-    monkeypatch.setattr(slurm, "queue_state", lambda job_id: None)
     clock = iter([100.0, 120.0, 125.0])
     monkeypatch.setattr(dispatch.time, "monotonic", lambda: next(clock))
     seen: dict[str, float] = {}
     assert not dispatch._ended("run", job, "FAILED", seen, settle_s=15.0)
     assert not dispatch._ended("run", job, "REQUEUED", seen, settle_s=15.0)  # back in the queue: forget
+    assert seen == {}
     assert not dispatch._ended("run", job, "FAILED", seen, settle_s=15.0)  # 120: a fresh start
     assert dispatch._ended("run", job, "FAILED", seen, settle_s=0.0)
 
@@ -59,18 +48,45 @@ def test_a_written_result_ends_the_job_at_once(tmp_path: Path) -> None:
     assert dispatch._ended("run", job, "RUNNING", {}, settle_s=1e9)
 
 
-def test_states_come_from_sacct_afresh_and_unknown_asks_the_controller(monkeypatch: pytest.MonkeyPatch,
-                                                                       tmp_path: Path) -> None:
-    sacct = "JobID|State\n7_0|COMPLETED\n7_0.batch|COMPLETED\n7_[1-2]|PENDING\n8|CANCELLED by 0\n"
+SACCT = "JobID|State\n7_0|COMPLETED\n7_0.batch|COMPLETED\n7_[1-2]|PENDING\n8|CANCELLED by 0\n11|FAILED\n"
+
+
+def _fake_cluster(monkeypatch: pytest.MonkeyPatch, squeue: str) -> list[list[str]]:
     calls: list[list[str]] = []
 
     def run(command: list[str], **kwargs: object) -> SimpleNamespace:
         calls.append(command)
-        return SimpleNamespace(returncode=0, stdout=sacct)
+        if command[0] == "sacct":
+            return SimpleNamespace(returncode=0, stdout=SACCT)
+        return SimpleNamespace(returncode=0 if squeue else 1, stdout=squeue)
 
     monkeypatch.setattr(slurm.subprocess, "run", run)
-    monkeypatch.setattr(slurm, "queue_state", lambda job_id: "RUNNING" if job_id == "9" else None)
-    jobs = [slurm.submitit.SlurmJob(folder=tmp_path, job_id=job_id) for job_id in ("7_0", "7_2", "8", "9", "10")]
+    return calls
+
+
+def test_states_come_from_one_sacct_call_and_unknown_jobs_from_one_squeue_call(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    calls = _fake_cluster(monkeypatch, squeue="9|RUNNING\n")
+    jobs = [slurm.submitit.SlurmJob(folder=tmp_path, job_id=j) for j in ("7_0", "7_2", "8", "9", "10", "11")]
     states = slurm.current_states(jobs)
-    assert states == {"7_0": "COMPLETED", "7_2": "PENDING", "8": "CANCELLED", "9": "RUNNING", "10": "UNKNOWN"}
-    assert len(calls) == 1 and calls[0][:2] == ["sacct", "-o"]
+    assert states == {"7_0": "COMPLETED", "7_2": "PENDING", "8": "CANCELLED", "9": "RUNNING", "10": "UNKNOWN",
+                      "11": "FAILED"}
+    assert [c[0] for c in calls] == ["sacct", "squeue"] and calls[1][3] == "9,10"  # only the unknown ones
+
+
+def test_confirmed_states_let_the_controllers_active_state_win_over_a_final_looking_one(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # 7_0 is being requeued (accounting says COMPLETED, the controller PENDING); 11 really failed (gone from the
+    # queue); 12_[3-4] is a pending range the controller prints as one line
+    calls = _fake_cluster(monkeypatch, squeue="7_0|PENDING\n9|RUNNING\n")
+    jobs = [slurm.submitit.SlurmJob(folder=tmp_path, job_id=j) for j in ("7_0", "8", "9", "11")]
+    states = slurm.current_states(jobs, confirm=True)
+    assert states == {"7_0": "PENDING", "8": "CANCELLED", "9": "RUNNING", "11": "FAILED"}
+    assert len(calls) == 2 and set(calls[1][3].split(",")) == {"7_0", "8", "9", "11"}
+    assert slurm.is_active(jobs[0], states["7_0"]) and not slurm.is_active(jobs[3], states["11"])
+
+
+def test_the_controllers_array_ranges_are_expanded(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_cluster(monkeypatch, squeue="12_[3-4]|PENDING\n12_2|RUNNING\n")
+    assert slurm.queue_states(["12_2", "12_3", "12_4", "12_5"]) == {"12_2": "RUNNING", "12_3": "PENDING",
+                                                                   "12_4": "PENDING"}

@@ -123,6 +123,34 @@ def test_mlflow_file_store_holds_every_epoch(tmp_path: Path, monkeypatch: pytest
         assert run.data.metrics["final/top1_best"] == pytest.approx(store.load_record(run_dir).metrics.top1_best)
 
 
+@pytest.mark.parametrize("backend", ["wandb", "mlflow"])
+def test_a_resumed_run_continues_its_tracker_run(tmp_path: Path, backend: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run killed after 2 epochs and resumed (a requeue) logs on into the same W&B / MLflow run."""
+    from kdbench.spec import TrackingSettings
+
+    monkeypatch.chdir(tmp_path)
+    info = tracking.RunInfo(run_id="0123abcd4567", run_dir=tmp_path / "run", suite="tiny", name="kd balanced seed 0",
+                            role="student", config={"method": "kd", "seed": 0})
+    info.run_dir.mkdir()
+    ids = []
+    for epochs in ([1, 2], [3]):  # the first session dies without finish(); the second resumes at epoch 3
+        tracker = tracking.tracker_registry.get(backend)(TrackingSettings(backend=backend))
+        tracker.start(info)
+        for epoch in epochs:
+            tracker.log_epoch({"top1": 50.0 + epoch}, epoch)
+        ids.append(tracker.run.id if backend == "wandb" else tracker.run_id)
+        if epochs == [3]:
+            tracker.finish({"state": "done", "top1_last": 53.0})
+        elif backend == "wandb":
+            tracker.run.finish(exit_code=1)  # the process died: wandb closes the offline run
+    assert ids[0] == ids[1]
+    if backend == "mlflow":
+        history = tracker.client.get_metric_history(ids[0], "top1")
+        assert [m.step for m in history] == [1, 2, 3]
+        assert tracker.client.get_run(ids[0]).info.status == "FINISHED"
+
+
 def test_tracking_changes_no_run_id_and_no_spec_while_off() -> None:
     plain = expand(validate(_one_pair(), check_files=False))
     tracked = expand(validate(_one_pair(tracking={"backend": "tensorboard", "dir": "/tmp/tb"}), check_files=False))

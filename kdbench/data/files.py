@@ -36,6 +36,12 @@ class TarMember:
     size: int
 
 
+def check_decoder(decoder: str) -> None:
+    """``ValueError`` naming the valid decoders unless ``decoder`` is one."""
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got '{decoder}'")
+
+
 @dataclass(frozen=True)
 class ImageTransforms:
     """The torchvision recipe of a file-backed split: train crop ``size`` from a RandomResizedCrop with
@@ -52,8 +58,7 @@ class ImageTransforms:
     decoder: str = "pil"
 
     def __post_init__(self) -> None:
-        if self.decoder not in DECODERS:
-            raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got '{self.decoder}'")
+        check_decoder(self.decoder)
 
     def build(self, train: bool) -> Any:
         """sample -> normalised float tensor (C, H, W): decoding with ``decoder``, then the transforms."""

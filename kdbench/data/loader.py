@@ -50,13 +50,13 @@ def train_batches(data: TensorData | Any, indices: np.ndarray, batch_size: int, 
 
     mine = [shard(chunk) for chunk in chunks] if world_size() > 1 else chunks  # data-parallel: a rank's slice
     if isinstance(data, TensorData):
-        here = data.x.device == torch.device(device)  # in memory on the training device: no copies to make
+        here = data.x.device == torch.device(device)  # in memory on the training device: no copy to make
         for whole, chunk in zip(chunks, mine, strict=True):
             x, y = data.x[chunk], data.y[chunk] if labeled else None
             if not here:
-                x, y, chunk = x.to(device, non_blocking=True), _to(y, device), chunk.to(device)
-            yield Batch(x=data.to_input(x, train=True, generator=generator), y=y, index=chunk,
-                        negatives=draw(whole) if sampler is not None else None)
+                x, y = x.to(device, non_blocking=True), _to(y, device)
+            yield Batch(x=data.to_input(x, train=True, generator=generator), y=y, index=chunk.to(device),
+                        negatives=draw(whole))
         return
     for whole, chunk, (x, y) in zip(chunks, mine, data.load_batches(mine, train=True, seed=seed * 1_000_003 + epoch),
                                     strict=True):

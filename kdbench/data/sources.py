@@ -336,13 +336,6 @@ class CIFAR100(DataSource):
         return Splits(split("train"), split("test"), num_classes=100)
 
 
-def _check_decoder(decoder: str) -> None:
-    from kdbench.data.files import DECODERS
-
-    if decoder not in DECODERS:
-        raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got '{decoder}'")
-
-
 @dataset_registry.register("image_folder")
 class ImageFolderSource(DataSource):
     """Any labelled image tree in torchvision's ImageFolder layout: ``root/train/<class>/*.jpg`` and
@@ -361,7 +354,9 @@ class ImageFolderSource(DataSource):
                  val_list: str | None = None, decoder: str = "pil") -> None:
         if not 0.0 < scale_min <= 1.0:
             raise ValueError(f"scale_min must be in (0, 1], got {scale_min}")
-        _check_decoder(decoder)
+        from kdbench.data.files import check_decoder
+
+        check_decoder(decoder)
         self.root, self.size, self.resize, self.scale_min, self.decoder = root, size, resize, scale_min, decoder
         self.num_workers, self.train_dir, self.val_dir = num_workers, train_dir, val_dir
         self.train_list, self.val_list = train_list, val_list
@@ -431,7 +426,9 @@ class UnlabeledFolder(DataSource):
 
     def __init__(self, root: str | None = None, eval_root: str | None = None, size: int = 224, resize: int = 256,
                  scale_min: float = 0.08, num_workers: int = 4, decoder: str = "pil") -> None:
-        _check_decoder(decoder)
+        from kdbench.data.files import check_decoder
+
+        check_decoder(decoder)
         self.root, self.eval_root, self.size, self.resize = root, eval_root, size, resize
         self.scale_min, self.num_workers, self.decoder = scale_min, num_workers, decoder
 

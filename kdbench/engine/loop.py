@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from kdbench import distributed
+from kdbench.batch import Batch
 from kdbench.data import RegimeData, TensorData, eval_batches, train_batches
 from kdbench.engine.checkpoint import BestPoint, ResumePoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from kdbench.engine.recipe import as_train_config, build_optimizer, build_scheduler, steps_per_epoch
@@ -206,11 +207,9 @@ class FitOutcome:
 
 
 def total_grad_norm(grads: list[torch.Tensor], one_group: bool = False) -> torch.Tensor:
-    """The 2-norm of all gradients together: ``torch.nn.utils.get_total_norm``'s value. ``one_group``: the caller
-    knows they share one device and dtype, so torch's grouping by both is skipped (every step pays for it: it was
-    half the cost of the norm on a CPU)."""
-    if not grads:
-        return torch.zeros(())
+    """The 2-norm of all (at least one) gradients together: ``torch.nn.utils.get_total_norm``'s value.
+    ``one_group``: the caller knows they share one device and dtype, so torch's grouping by both is skipped (every
+    step pays for it: it was half the cost of the norm on a CPU)."""
     if not one_group:
         return torch.nn.utils.get_total_norm(grads)
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
@@ -226,7 +225,8 @@ SYNC_EVERY = 32
 device after every step would make a GPU wait for each step; the values are kept on the device and checked in
 order every ``SYNC_EVERY`` steps and at the epoch's end, so the divergence decision, the spike count and the
 grad-norm peak are those of checking every step (a diverged epoch ends at the sync after its first bad step and
-is recorded at that step; the steps taken after it are lost with the run)."""
+is recorded at that step; the steps taken after it are lost with the run, and an error they raise, such as an
+SVD of non-finite features, is reported as that divergence)."""
 
 
 class _StepLog:
@@ -267,6 +267,45 @@ class _StepLog:
         return None
 
 
+def _nonfinite_weights(params: list[torch.nn.Parameter], done: int, err: Exception) -> str | None:
+    """Why a step that raised counts as a divergence: the weights its forward ran on are no longer finite (an
+    update blew them up, e.g. an SVD of the resulting features then fails); None when they are all finite."""
+    if all(bool(torch.isfinite(p).all()) for p in params):
+        return None
+    what = " ".join(f"{type(err).__name__}: {err}".split())[:200]
+    return f"non-finite weights after step {done} ({what})"
+
+
+def _step(ts: TrainState, phase: Phase, optimizer: torch.optim.Optimizer, batch: Batch,
+          params: list[torch.nn.Parameter], one_group: bool,
+          log: _StepLog) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Forward, loss terms, backward, gradient averaging, norm and clipping of one batch (the optimizer steps
+    after it); the step's loss and gradient norm go to ``log``. Returns the terms, their stacked values and the
+    detached loss."""
+    needs = ts.method.needs
+    if ts.precision.channels_last:
+        batch = dataclasses.replace(batch, x=ts.precision.input(batch.x))
+    with ts.precision.autocast(ts.device):
+        s = ts.student(batch.x, taps=needs.student_taps)
+        t = None
+        if ts.teacher is not None:
+            with torch.no_grad():
+                t = ts.teacher(batch.x, taps=needs.teacher_taps)
+        terms = phase.losses(batch, s, t)
+    stacked = torch.stack([term.float() for term in terms.values()])
+    loss = stacked.sum()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    distributed.average_gradients(params)
+    grads = [p.grad for p in params if p.grad is not None]
+    norm = total_grad_norm(grads, one_group) if grads else torch.zeros((), device=loss.device)
+    if phase.recipe.grad_clip:
+        torch.nn.utils.clip_grads_with_norm_(params, phase.recipe.grad_clip, norm)
+    step_loss = loss.detach()
+    log.add(step_loss, norm)
+    return terms, stacked, step_loss
+
+
 def _train_epoch(ts: TrainState, phase: Phase, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler, epoch: int,
                  steps: int) -> tuple[dict[str, float], str | None]:
@@ -280,28 +319,14 @@ def _train_epoch(ts: TrainState, phase: Phase, optimizer: torch.optim.Optimizer,
     log = _StepLog(ts, phase)
     params = [p for g in optimizer.param_groups for p in g.get("params")]
     one_group = _one_group(params)
-    clip = phase.recipe.grad_clip
     for batch in train_batches(ts.train, ts.regime.indices, phase.recipe.batch_size, labeled=ts.regime.labeled,
                                seed=ts.seed, epoch=epoch, device=ts.device, negatives=needs.negatives):
-        if ts.precision.channels_last:
-            batch = dataclasses.replace(batch, x=ts.precision.input(batch.x))
-        with ts.precision.autocast(ts.device):
-            s = ts.student(batch.x, taps=needs.student_taps)
-            t = None
-            if ts.teacher is not None:
-                with torch.no_grad():
-                    t = ts.teacher(batch.x, taps=needs.teacher_taps)
-            terms = phase.losses(batch, s, t)
-        stacked = torch.stack([term.float() for term in terms.values()])
-        loss = stacked.sum()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        distributed.average_gradients(params)
-        norm = total_grad_norm([p.grad for p in params if p.grad is not None], one_group)
-        if clip:
-            torch.nn.utils.clip_grads_with_norm_(params, clip, norm)
-        step_loss = loss.detach()
-        log.add(step_loss, norm)
+        try:
+            terms, stacked, step_loss = _step(ts, phase, optimizer, batch, params, one_group, log)
+        except Exception as err:  # what broke may follow from a divergence: a loss not read yet, or bad weights
+            if diverged := log.check() or _nonfinite_weights(params, done, err):
+                return {}, diverged
+            raise
         if phase.main:
             step_hook(ts.method, optimizer, epoch * steps + done, phase.recipe.epochs * steps)
         optimizer.step()

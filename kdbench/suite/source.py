@@ -26,28 +26,34 @@ PACKAGED_SUITES = Path(__file__).resolve().parent.parent / "suites"
 
 
 def suites_dir() -> Path:
-    """Where suites are found by name: ``$KDBENCH_SUITES``, else the shipped suites: those of an installed wheel,
-    or the checkout's ``suites/`` folder. A suite of one's own is found by its path."""
-    if "KDBENCH_SUITES" in os.environ:
-        return Path(os.environ["KDBENCH_SUITES"])
+    """Where the shipped suites are: an installed wheel's package data, or the checkout's ``suites/`` folder."""
     return PACKAGED_SUITES if PACKAGED_SUITES.is_dir() else PROJECT_ROOT / "suites"
 
 
+def suite_dirs() -> list[Path]:
+    """Where suites are found by name, in order: the folders of ``$KDBENCH_SUITES`` (``os.pathsep``-separated),
+    then the shipped suites (so a suite of one's own may ``extends: smoke``)."""
+    own = [Path(part).expanduser() for part in os.environ.get("KDBENCH_SUITES", "").split(os.pathsep) if part]
+    return [*own, suites_dir()]
+
+
 def list_suites() -> list[str]:
-    """Names of the suites in :func:`suites_dir`."""
-    return sorted(p.stem for p in suites_dir().glob("*.yaml"))
+    """Names of the suites in :func:`suite_dirs` (a name in several folders once)."""
+    return sorted({p.stem for folder in suite_dirs() for p in folder.glob("*.yaml")})
 
 
 def find_suite(name_or_path: str, relative_to: Path | None = None) -> Path:
-    """A suite file by path (absolute, relative to cwd or to ``relative_to``) or by name in ``suites/``."""
+    """A suite file by path (absolute, relative to cwd or to ``relative_to``) or by name in :func:`suite_dirs`."""
     candidates = [Path(name_or_path)]
     if relative_to is not None:
         candidates.append(relative_to / name_or_path)
-    candidates += [suites_dir() / name_or_path, suites_dir() / f"{name_or_path}.yaml"]
+    for folder in suite_dirs():
+        candidates += [folder / name_or_path, folder / f"{name_or_path}.yaml"]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    raise SuiteError("", f"no suite '{name_or_path}' (not a file; suites in {suites_dir()}: "
+    where = ", ".join(str(folder) for folder in suite_dirs())
+    raise SuiteError("", f"no suite '{name_or_path}' (not a file; suites in {where}: "
                          f"{', '.join(list_suites()) or 'none'})")
 
 
