@@ -104,7 +104,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if args.watch <= 0:
         print(f"error: --watch takes a positive number of seconds, got {args.watch:g}", file=sys.stderr)
         return 2
-    from kdbench.progress import ACTIVE_STATES, TODO_STATES, WATCH_IDLE_S, last_activity
+    from kdbench.progress import ACTIVE_STATES, WAITING_STATES, WATCH_IDLE_S, last_activity
 
     try:
         while True:
@@ -115,7 +115,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
                 # runs left but none running or queued: a local dispatcher may be starting the next job (its
                 # process takes the run's lock only once it has imported torch); stop once the folder is quiet
                 idle = time.time() - max(last_activity(folder) for folder in folders)
-                if not any(counts.get(state) for state in TODO_STATES) or idle >= WATCH_IDLE_S:
+                if not any(counts.get(state) for state in WAITING_STATES) or idle >= WATCH_IDLE_S:
                     print("nothing is running or queued: stopped watching", flush=True)
                     return 0
                 time.sleep(min(args.watch, max(1.0, WATCH_IDLE_S - idle)))

@@ -22,7 +22,7 @@ from typing import Any
 
 from kdbench import store
 
-TODO_STATES = ("queued", "pending", "interrupted", "lost")
+WAITING_STATES = ("queued", "pending", "interrupted", "lost")
 """States of a run that is still to train (``lost``/``interrupted`` resume from their checkpoint)."""
 ACTIVE_STATES = ("running", "queued")
 """States that mean the suite is still being worked on (``kdbench status --watch`` stops when none is left)."""
@@ -216,7 +216,7 @@ def _per_run_estimate(runs: list[RunProgress], role: str) -> tuple[float, str] |
 def estimate_eta(runs: list[RunProgress]) -> Eta | None:
     """The suite's ETA (None when nothing is running or left to run). See the module's docstring."""
     running = [r for r in runs if r.state == "running"]
-    todo = [r for r in runs if r.state in TODO_STATES]
+    todo = [r for r in runs if r.state in WAITING_STATES]
     if not running and not todo:
         return None
     parts: list[float] = []
