@@ -407,6 +407,13 @@ def _dispatch_slurm(plan: Plan, root: Path, settings: ExecutorSettings, queue: l
     dirs, summary = collector.dirs, collector.summary
     jobs = slurm.active_jobs({run_id: dirs[run_id] for run_id in queue})  # still queued from a former submission
     summary.attached = len(jobs)
+    # a job of a former submission may have ended since the queue was read: its run is finished, not to redo
+    ended = [run_id for run_id in queue if run_id not in jobs and store.is_finished(dirs[run_id])]
+    for run_id in ended:
+        queue.remove(run_id)
+    summary.skipped += len(ended)
+    if ended and collector.bar.total is not None:
+        collector.bar.total -= len(ended)
     fresh = _submit_array(settings, root, "teacher", [t for t in plan.teachers if t in queue and t not in jobs],
                           dirs)
     jobs.update(fresh)

@@ -90,3 +90,31 @@ def test_the_controllers_array_ranges_are_expanded(monkeypatch: pytest.MonkeyPat
     _fake_cluster(monkeypatch, squeue="12_[3-4]|PENDING\n12_2|RUNNING\n")
     assert slurm.queue_states(["12_2", "12_3", "12_4", "12_5"]) == {"12_2": "RUNNING", "12_3": "PENDING",
                                                                    "12_4": "PENDING"}
+
+
+def test_a_run_whose_former_job_ended_meanwhile_is_skipped_not_submitted_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between reading the queue (no record yet) and asking which former jobs are still active, a former job may
+    end and write its record: the run is then finished, not to be submitted a second time."""
+    from conftest import tiny_suite
+
+    from kdbench import store
+    from kdbench.store.record import Record
+    from kdbench.suite import expand, validate
+
+    suite = validate(tiny_suite(executor={"name": "slurm", "wait": False}))
+    plan = expand(suite)
+
+    def a_former_job_just_ended(run_dirs: dict[str, Path]) -> dict:
+        for run_id, run_dir in run_dirs.items():
+            store.write_record(run_dir, Record(run_id=run_id, spec=store.read_json(run_dir / store.SPEC),
+                                               state="done"))
+        return {}
+
+    submitted: list[str] = []
+    monkeypatch.setattr(slurm, "active_jobs", a_former_job_just_ended)
+    monkeypatch.setattr(dispatch, "_submit_array", lambda s, r, kind, run_ids, *a, **k: submitted.extend(run_ids)
+                        or {})
+    summary = dispatch.dispatch(plan, tmp_path, suite.executor, progress=False)
+    assert submitted == [] and summary.submitted == 0
+    assert summary.skipped == len(plan.teachers) + len(plan.runs)
