@@ -46,3 +46,46 @@ def test_the_python_rng_state_round_trips_and_older_checkpoints_load() -> None:
     assert [random.random() for _ in range(3)] == expected
     plain = {**_point(HISTORY, [0.5]).to_state(), "history": HISTORY, "spikes": [0.5]}
     assert ResumePoint.from_state(plain).history == HISTORY and ResumePoint.from_state(plain).spikes == [0.5]
+
+
+def test_packed_tensors_round_trip_with_their_types_shapes_and_module_versions() -> None:
+    from collections import OrderedDict
+
+    from kdbench.store.tensors import is_packed, pack_tensors, unpack_tensors
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(net.parameters())
+    net(torch.randn(2, 3, 5, 5)).sum().backward()
+    optimizer.step()
+    tree = {"student": net.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state(),
+            "other": [torch.tensor(True), (torch.zeros(0), 3, "x"), {"e": torch.empty(2, 0, 3)}], "n": 5}
+    packed = _through_a_file(pack_tensors(tree))
+    assert is_packed(packed) and len(packed["buffers"]) < 6 < len(packed["index"])  # a buffer per dtype
+    back = unpack_tensors(packed)
+    assert isinstance(back["student"], OrderedDict) and back["student"]._metadata == tree["student"]._metadata
+
+    def same(a, b) -> bool:
+        if isinstance(a, torch.Tensor):
+            return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+        if isinstance(a, dict):
+            return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+        if isinstance(a, list | tuple):
+            return type(a) is type(b) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+        return a == b
+
+    assert same(tree, back)
+    restored = torch.optim.AdamW(net.parameters())
+    restored.load_state_dict(back["optimizer"])  # loads like the unpacked state
+    assert same(restored.state_dict(), optimizer.state_dict())
+
+
+def test_a_packed_index_pointing_outside_its_buffer_is_an_error() -> None:
+    import pytest
+
+    from kdbench.store.tensors import pack_tensors, unpack_tensors
+
+    packed = pack_tensors({"w": torch.ones(3)})
+    packed["index"] = [(0, 2, (3,))]
+    with pytest.raises(ValueError, match="outside its buffer"):
+        unpack_tensors(packed)

@@ -237,9 +237,9 @@ def test_methods_with_stages_or_state_resume_mid_stage_with_the_same_numbers(tmp
     with pytest.raises(SimulatedKill):
         execute(dirs[run_id], log=crash)
     if stage in ("ab_init", "fsp_init"):  # RepDistiller's init stages run the student in eval mode: BN frozen
-        from kdbench.engine.checkpoint import load_checkpoint
+        from kdbench.engine.checkpoint import ResumePoint, load_checkpoint
 
-        saved = load_checkpoint(dirs[run_id] / "checkpoint.pt")["student"]
+        saved = ResumePoint.from_state(load_checkpoint(dirs[run_id] / "checkpoint.pt")).student
         means = [v for k, v in saved.items() if k.endswith("running_mean")]
         assert means and all(torch.equal(m, torch.zeros_like(m)) for m in means)
     resumed = execute(dirs[run_id], log=lambda m: None)

@@ -19,6 +19,7 @@ from conftest import run_cli, tiny_suite
 from test_data_files import write_cifar100
 
 from kdbench import store
+from kdbench.engine.checkpoint import ResumePoint, rng_state
 from kdbench.models import create_network
 from kdbench.models.cifar_zoo import ZOO
 from kdbench.suite import SuiteError, validate
@@ -199,8 +200,11 @@ def test_files_before_torch_0_4_1_without_bn_counters_import(resnet8: tuple, tmp
 def test_kdbench_weights_and_run_checkpoints_import_as_they_are(resnet8: tuple, tmp_path: Path) -> None:
     net, _, (x, logits) = resnet8
     torch.save(net.state_dict(), tmp_path / "weights.pt")  # a teacher job's weights: Network keys model.*
-    torch.save({"student": net.state_dict(), "method": {}, "epoch": 3}, tmp_path / "checkpoint.pt")
-    for name in ("weights.pt", "checkpoint.pt"):
+    torch.save({"student": net.state_dict(), "method": {}, "epoch": 3}, tmp_path / "checkpoint.pt")  # older runs
+    point = ResumePoint(phase=0, epoch=3, student=net.state_dict(), method={}, optimizer={}, scheduler={},
+                        rng=rng_state(), history=[])
+    torch.save(point.to_state(), tmp_path / "packed.pt")  # a run's epoch checkpoint, its tensors packed
+    for name in ("weights.pt", "checkpoint.pt", "packed.pt"):
         network, read = read_teacher(tmp_path / name, "resnet8_cifar", 100, 3)
         assert read.layout == "kdbench/timm"
         with torch.no_grad():

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from kdbench.store import atomic_write_bytes
+from kdbench.store.tensors import is_packed, pack_tensors, unpack_tensors
 
 
 def seed_everything(seed: int) -> None:
@@ -85,6 +86,10 @@ def _fields_of(cls: type, state: Any, optional: tuple[str, ...] = ()) -> dict[st
     return {n: state.get(n) for n in names if n in state}
 
 
+TENSOR_FIELDS = ("student", "method", "optimizer", "scheduler", "rng")
+"""The :class:`ResumePoint` fields whose tensors are packed together in the file (with the recent losses)."""
+
+
 @dataclass
 class ResumePoint:
     """The end of one epoch of one phase: modules, optimizer, schedule, RNG and the history so far."""
@@ -104,6 +109,8 @@ class ResumePoint:
     def from_state(cls, state: Any) -> ResumePoint:
         """From a loaded checkpoint mapping; ValueError naming what it lacks. Reads the compact forms that
         :meth:`to_state` writes and the plain lists of older checkpoints."""
+        if isinstance(state, Mapping) and is_packed(state.get("tensors")):
+            state = {**{k: v for k, v in state.items() if k != "tensors"}, **unpack_tensors(state.get("tensors"))}
         point = cls(**_fields_of(cls, state, optional=("resumes", "spikes")))
         history = json.loads(point.history) if isinstance(point.history, str) else list(point.history)
         spikes = point.spikes.tolist() if isinstance(point.spikes, torch.Tensor) else list(point.spikes or [])
@@ -111,13 +118,14 @@ class ResumePoint:
                                    resumes=list(point.resumes or []), spikes=spikes)
 
     def to_state(self) -> dict[str, Any]:
-        """The mapping saved to the file (no copies of the tensors). The history goes as one JSON string and the
-        recent losses as one tensor: pickling them value by value cost more than the model's tensors (and the
-        history grows with every epoch)."""
-        state = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        state["history"] = json.dumps(self.history)
-        state["spikes"] = torch.tensor(self.spikes, dtype=torch.float64)
-        return state
+        """The mapping saved to the file. The history goes as one JSON string, the recent losses as one tensor,
+        and every tensor of the modules, optimizer, schedule and RNG states packed into one buffer per dtype
+        (:func:`~kdbench.store.tensors.pack_tensors`): pickling values and tensors one by one cost more than
+        writing them (and the history grows with every epoch)."""
+        tensors = {name: getattr(self, name) for name in TENSOR_FIELDS}
+        tensors["spikes"] = torch.tensor(self.spikes, dtype=torch.float64)
+        return {"phase": self.phase, "epoch": self.epoch, "history": json.dumps(self.history),
+                "resumes": self.resumes, "tensors": pack_tensors(tensors)}
 
 
 @dataclass
