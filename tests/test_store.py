@@ -36,6 +36,22 @@ def test_torn_last_jsonl_line_is_ignored(tmp_path: Path) -> None:
     assert store.read_jsonl(path) == [{"epoch": 1}, {"epoch": 2}]
 
 
+def test_appended_lines_follow_a_torn_line_only_after_a_rewrite(tmp_path: Path) -> None:
+    """metrics.jsonl is appended to, one line per epoch (no rewrite of the whole file, no fsync); a killed
+    writer's torn line hides what follows until the loop rewrites the file from the checkpoint on resume."""
+    path = tmp_path / "metrics.jsonl"
+    store.append_jsonl(path, {"epoch": 1, "loss": float("nan")})
+    store.append_jsonl(path, {"epoch": 2})
+    assert store.read_jsonl(path) == [{"epoch": 1, "loss": None}, {"epoch": 2}]
+    with open(path, "a") as f:
+        f.write('{"epo')  # killed mid-line
+    store.append_jsonl(path, {"epoch": 3})
+    assert store.read_jsonl(path) == [{"epoch": 1, "loss": None}, {"epoch": 2}]
+    store.atomic_write_jsonl(path, [{"epoch": 1}, {"epoch": 2}])  # what resuming from the checkpoint does
+    store.append_jsonl(path, {"epoch": 3})
+    assert [row["epoch"] for row in store.read_jsonl(path)] == [1, 2, 3]
+
+
 def test_scan_lists_corrupt_and_old_schema_records(tmp_path: Path) -> None:
     store.atomic_write_json(tmp_path / "a" / "result.json", {"schema": store.SCHEMA, "run_id": "a", "state": "done",
                                                              "spec": {}})

@@ -33,7 +33,7 @@ from kdbench.method import (
 )
 from kdbench.models import Network, Outputs
 from kdbench.spec import TrainConfig
-from kdbench.store import atomic_write_jsonl, move_aside
+from kdbench.store import append_jsonl, atomic_write_jsonl, move_aside
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
@@ -230,28 +230,45 @@ SVD of non-finite features, is reported as that divergence)."""
 
 
 class _StepLog:
-    """The per-step losses and gradient norms of one epoch, kept on the device and read ``SYNC_EVERY`` steps at a
-    time: whether a step diverged (first bad step wins), loss spikes, the grad-norm peak and non-finite norms."""
+    """The per-step losses, loss terms and gradient norms of one epoch, kept on the device and read ``SYNC_EVERY``
+    steps at a time: whether a step diverged (first bad step wins), loss spikes, the grad-norm peak, non-finite
+    norms and the sums of the terms and of the loss. Work that needs no per-step value is done once per read:
+    summing the terms, and (unless clipping needs each step's norm at once) reducing each step's per-parameter
+    norms to its total, for all the pending steps in one stack and one reduction."""
 
     def __init__(self, ts: TrainState, phase: Phase) -> None:
         self.ts, self.bound = ts, phase.recipe.diverge_above
         self.losses: list[torch.Tensor] = []
-        self.norms: list[torch.Tensor] = []
+        self.terms: list[torch.Tensor] = []
+        self.norms: list[torch.Tensor | list[torch.Tensor]] = []
         self.checked = 0
         self.grad_norm_max = 0.0
         self.spikes = self.nonfinite_grads = 0
+        self.term_sums: torch.Tensor | None = None  # per term, over the steps read so far (rank-local)
+        self.loss_sum: torch.Tensor | None = None
 
-    def add(self, loss: torch.Tensor, norm: torch.Tensor) -> None:
-        """One step's (detached, float32) loss and gradient norm."""
+    def add(self, loss: torch.Tensor, terms: torch.Tensor, norm: torch.Tensor | list[torch.Tensor]) -> None:
+        """One step's (detached, float32) loss, its stacked terms, and its gradient norm: the total, or the
+        per-parameter norms it is the 2-norm of."""
         self.losses.append(loss)
+        self.terms.append(terms)
         self.norms.append(norm)
+
+    def _step_norms(self) -> list[float]:
+        """The pending steps' total gradient norms."""
+        if all(isinstance(n, list) for n in self.norms) and len({len(n) for n in self.norms}) == 1:
+            per_parameter = torch.stack([v for n in self.norms for v in n]).view(len(self.norms), -1)
+            return torch.linalg.vector_norm(per_parameter, dim=1).tolist()
+        return torch.stack([n if isinstance(n, torch.Tensor) else torch.linalg.vector_norm(torch.stack(n))
+                            for n in self.norms]).tolist()
 
     def check(self) -> str | None:
         """Read the pending steps in order; the reason of the first diverged one, else None."""
         if not self.losses:
             return None
-        losses = distributed.sum_across(torch.stack(self.losses).double()) / distributed.world_size()
-        for step, (value, norm) in enumerate(zip(losses.tolist(), torch.stack(self.norms).tolist(), strict=True),
+        stacked = torch.stack(self.losses)
+        losses = distributed.sum_across(stacked.double()) / distributed.world_size()
+        for step, (value, norm) in enumerate(zip(losses.tolist(), self._step_norms(), strict=True),
                                              start=self.checked + 1):
             if not math.isfinite(value):
                 return f"non-finite loss {value} at step {step}"
@@ -262,8 +279,11 @@ class _StepLog:
             else:
                 self.nonfinite_grads += 1
             self.spikes += self.ts.spikes.observe(value)
+        terms, loss = torch.stack(self.terms).sum(dim=0), stacked.sum()
+        self.term_sums = terms if self.term_sums is None else self.term_sums + terms
+        self.loss_sum = loss if self.loss_sum is None else self.loss_sum + loss
         self.checked += len(self.losses)
-        self.losses, self.norms = [], []
+        self.losses, self.terms, self.norms = [], [], []
         return None
 
 
@@ -277,11 +297,9 @@ def _nonfinite_weights(params: list[torch.nn.Parameter], done: int, err: Excepti
 
 
 def _step(ts: TrainState, phase: Phase, optimizer: torch.optim.Optimizer, batch: Batch,
-          params: list[torch.nn.Parameter], one_group: bool,
-          log: _StepLog) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+          params: list[torch.nn.Parameter], one_group: bool, log: _StepLog) -> list[str]:
     """Forward, loss terms, backward, gradient averaging, norm and clipping of one batch (the optimizer steps
-    after it); the step's loss and gradient norm go to ``log``. Returns the terms, their stacked values and the
-    detached loss."""
+    after it); the step's loss, terms and gradient norm go to ``log``. Returns the terms' names."""
     needs = ts.method.needs
     if ts.precision.channels_last:
         batch = dataclasses.replace(batch, x=ts.precision.input(batch.x))
@@ -298,12 +316,17 @@ def _step(ts: TrainState, phase: Phase, optimizer: torch.optim.Optimizer, batch:
     loss.backward()
     distributed.average_gradients(params)
     grads = [p.grad for p in params if p.grad is not None]
-    norm = total_grad_norm(grads, one_group) if grads else torch.zeros((), device=loss.device)
-    if phase.recipe.grad_clip:
-        torch.nn.utils.clip_grads_with_norm_(params, phase.recipe.grad_clip, norm)
-    step_loss = loss.detach()
-    log.add(step_loss, norm)
-    return terms, stacked, step_loss
+    clip = phase.recipe.grad_clip
+    if not grads:
+        norm: torch.Tensor | list[torch.Tensor] = torch.zeros((), device=loss.device)
+    elif one_group and not clip:  # the total is taken when the log is read, for many steps at once
+        norm = list(torch._foreach_norm(grads))
+    else:
+        norm = total_grad_norm(grads, one_group)
+        if clip:
+            torch.nn.utils.clip_grads_with_norm_(params, clip, norm)
+    log.add(loss.detach(), stacked.detach(), norm)
+    return list(terms)
 
 
 def _train_epoch(ts: TrainState, phase: Phase, optimizer: torch.optim.Optimizer,
@@ -314,7 +337,6 @@ def _train_epoch(ts: TrainState, phase: Phase, optimizer: torch.optim.Optimizer,
     ts.student.train(phase.student_train_mode)
     ts.method.train()
     names: list[str] | None = None
-    term_sums = loss_sum = torch.zeros((), device=ts.device)  # running sums of the terms and of the loss
     done = 0
     log = _StepLog(ts, phase)
     params = [p for g in optimizer.param_groups for p in g.get("params")]
@@ -322,7 +344,7 @@ def _train_epoch(ts: TrainState, phase: Phase, optimizer: torch.optim.Optimizer,
     for batch in train_batches(ts.train, ts.regime.indices, phase.recipe.batch_size, labeled=ts.regime.labeled,
                                seed=ts.seed, epoch=epoch, device=ts.device, negatives=needs.negatives):
         try:
-            terms, stacked, step_loss = _step(ts, phase, optimizer, batch, params, one_group, log)
+            step_names = _step(ts, phase, optimizer, batch, params, one_group, log)
         except Exception as err:  # what broke may follow from a divergence: a loss not read yet, or bad weights
             if diverged := log.check() or _nonfinite_weights(params, done, err):
                 return {}, diverged
@@ -331,18 +353,15 @@ def _train_epoch(ts: TrainState, phase: Phase, optimizer: torch.optim.Optimizer,
             step_hook(ts.method, optimizer, epoch * steps + done, phase.recipe.epochs * steps)
         optimizer.step()
         scheduler.step()
-        if names is None:
-            names = list(terms)
-        term_sums = term_sums + stacked.detach()
-        loss_sum = loss_sum + step_loss
+        names = names or step_names
         done += 1
         if done % SYNC_EVERY == 0 and (diverged := log.check()):
             return {}, diverged
     if diverged := log.check():
         return {}, diverged
     values = []
-    if names is not None:
-        totals = torch.cat([term_sums.reshape(-1), loss_sum.reshape(1)])
+    if names is not None and log.term_sums is not None and log.loss_sum is not None:
+        totals = torch.cat([log.term_sums.reshape(-1), log.loss_sum.reshape(1)])
         values = (distributed.sum_across(totals) / distributed.world_size()).tolist()
     means = {f"train_{k}": v / max(1, done) for k, v in zip([*(names or []), "loss"], values, strict=False)}
     means.update(grad_norm_max=log.grad_norm_max, loss_spikes=log.spikes, nonfinite_grads=log.nonfinite_grads)
@@ -448,7 +467,7 @@ def fit(ts: TrainState) -> FitOutcome:
             if main and phase.main and final_predict_differs(ts.method) and result.top1 > best_so_far:
                 save_checkpoint(best_path, BestPoint(epoch + 1, **_state(ts)).to_state())
             if main:
-                atomic_write_jsonl(metrics_path, history)
+                append_jsonl(metrics_path, line)  # the file is history's view: rewritten from it on resume
                 point = ResumePoint(phase=index, epoch=epoch + 1, **_state(ts), optimizer=optimizer.state_dict(),
                                     scheduler=scheduler.state_dict(), rng=rng_state(), history=history,
                                     resumes=resumes, spikes=list(ts.spikes.recent))

@@ -66,6 +66,19 @@ def atomic_write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_bytes(path, "".join(json.dumps(_finite(r), sort_keys=True) + "\n" for r in rows).encode())
 
 
+def append_jsonl(path: Path, row: dict[str, Any]) -> None:
+    """Append one JSON line in a single ``write`` (``O_APPEND``). Not fsynced and not rewritten: a reader sees
+    whole lines, or a torn last line of a killed writer that :func:`read_jsonl` stops at. For files that are a
+    view of something durable (``metrics.jsonl`` is rewritten from the checkpoint's history on resume)."""
+    data = (json.dumps(_finite(row), sort_keys=True) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        if os.write(fd, data) != len(data):
+            raise OSError(f"{path}: short write (disk full?)")
+    finally:
+        os.close(fd)
+
+
 class StoreReadError(ValueError):
     """A file kdbench wrote and reads back (record, spec, suite.json, job reference) is unreadable or invalid.
     ``str()`` is one line naming the file and what is wrong with it."""
