@@ -21,7 +21,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      description=" ".join(__doc__.split("\n\n")[0].split()))
     sub = parser.add_subparsers(dest="what", required=True)
     overhead = sub.add_parser("overhead", help="harness epochs vs a hand-written loop, interleaved (ratio per pair)")
-    overhead.add_argument("--repeats", type=int, default=9, help="interleaved harness/hand-written pairs per student")
+    overhead.add_argument("--repeats", type=int, default=15, help="interleaved harness/hand-written pairs per student")
     overhead.add_argument("--epochs", type=int, default=3, help="epochs per measurement")
     overhead.add_argument("--students", nargs="+", default=list(STUDENTS),
                           help="kdb_* students (default: the nano and the small one)")

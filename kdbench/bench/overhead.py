@@ -128,7 +128,7 @@ def _harness_fresh(seed: int, student: str, epochs: int) -> Timing:
         return harness_epochs(seed, Path(folder), student, epochs)
 
 
-def bench_overhead(repeats: int = 9, students: tuple[str, ...] = STUDENTS, epochs: int = 3) -> dict[str, dict]:
+def bench_overhead(repeats: int = 15, students: tuple[str, ...] = STUDENTS, epochs: int = 3) -> dict[str, dict]:
     """Print, per student, the harness / hand-written ratio of interleaved repetitions (median, min, max), in
     this process's CPU time and in wall time."""
     torch.set_num_threads(1)
