@@ -40,7 +40,7 @@ from kdbench.config import ConfigError
 from kdbench.models import Network, create_network
 from kdbench.models.reference_names import reference_renamer
 from kdbench.spec import TeacherSource
-from kdbench.store.tensors import is_packed, unpack_tensors
+from kdbench.store.tensors import spread_packed
 
 ENTRY_KEYS = ("model", "state_dict", "net", "student")
 """Dict entries that hold a model's tensors in the field's checkpoint files (tried in this order)."""
@@ -192,8 +192,7 @@ def model_tensors(obj: Any) -> tuple[dict[str, torch.Tensor], tuple[str, ...]]:
     A dict of tensors is taken as it is; otherwise the first of :data:`ENTRY_KEYS` that holds tensors. Prefixes
     that wrap a model are removed: DataParallel's ``module.``, a distiller's ``student.`` (mdistiller's whole
     checkpoints keep ``student.`` and ``teacher.`` side by side) and kdbench's ``Network`` prefix ``model.``."""
-    if isinstance(obj, dict) and is_packed(obj.get("tensors")):  # a kdbench run's epoch checkpoint
-        obj = {**{k: v for k, v in obj.items() if k != "tensors"}, **unpack_tensors(obj.get("tensors"))}
+    obj = spread_packed(obj)  # a kdbench run's epoch checkpoint
     tensors = _tensor_mapping(obj)
     skipped: tuple[str, ...] = ()
     if tensors is None or (isinstance(obj, dict) and any(k in obj for k in ENTRY_KEYS)):

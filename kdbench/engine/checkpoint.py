@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from kdbench.store import atomic_write_bytes
-from kdbench.store.tensors import is_packed, pack_tensors, unpack_tensors
+from kdbench.store.tensors import pack_tensors, spread_packed
 
 
 def seed_everything(seed: int) -> None:
@@ -109,9 +109,7 @@ class ResumePoint:
     def from_state(cls, state: Any) -> ResumePoint:
         """From a loaded checkpoint mapping; ValueError naming what it lacks. Reads the compact forms that
         :meth:`to_state` writes and the plain lists of older checkpoints."""
-        if isinstance(state, Mapping) and is_packed(state.get("tensors")):
-            state = {**{k: v for k, v in state.items() if k != "tensors"}, **unpack_tensors(state.get("tensors"))}
-        point = cls(**_fields_of(cls, state, optional=("resumes", "spikes")))
+        point = cls(**_fields_of(cls, spread_packed(state), optional=("resumes", "spikes")))
         history = json.loads(point.history) if isinstance(point.history, str) else list(point.history)
         spikes = point.spikes.tolist() if isinstance(point.spikes, torch.Tensor) else list(point.spikes or [])
         return dataclasses.replace(point, phase=int(point.phase), epoch=int(point.epoch), history=history,

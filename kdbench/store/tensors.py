@@ -49,6 +49,14 @@ def is_packed(state: Any) -> bool:
     return isinstance(state, dict) and set(state) == {"structure", "buffers", "index"}
 
 
+def spread_packed(state: Any, key: str = "tensors") -> Any:
+    """A loaded checkpoint mapping with its packed entry ``key`` unpacked into top-level entries (how a kdbench
+    epoch checkpoint keeps its modules' and optimizer's states); anything else is returned as it is."""
+    if not (isinstance(state, dict) and is_packed(state.get(key))):
+        return state
+    return {**{k: v for k, v in state.items() if k != key}, **unpack_tensors(state.get(key))}
+
+
 def unpack_tensors(packed: dict[str, Any]) -> Any:
     """The tree :func:`pack_tensors` packed, each tensor its own (contiguous) copy. ValueError when an entry
     points outside its buffer (a damaged file)."""
