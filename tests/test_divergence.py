@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from conftest import records_by_id, tiny_suite
 
 from kdbench.dispatch import dispatch
@@ -28,15 +29,13 @@ def test_the_step_log_reads_totals_and_sums_as_a_per_step_check_would() -> None:
     """Per-parameter norms and stacked terms are reduced when the log is read, many steps at once: the peak and
     the count of non-finite norms, the spikes, the sums and the first bad step are those of reading every step."""
     import math
-    from types import SimpleNamespace
 
     import torch
 
-    from kdbench.engine.loop import SpikeCounter, _StepLog
+    from kdbench.engine.steplog import SpikeCounter, StepLog
 
     torch.manual_seed(0)
-    ts = SimpleNamespace(spikes=SpikeCounter(warmup=2))
-    log = _StepLog(ts, SimpleNamespace(recipe=SimpleNamespace(diverge_above=1e4)))
+    log = StepLog(SpikeCounter(warmup=2), bound=1e4)
     grads = [[torch.randn(3, 2), torch.randn(4)] for _ in range(6)]
     grads[2][1][0] = float("inf")
     terms = [torch.rand(2) for _ in range(6)]
@@ -57,3 +56,67 @@ def test_the_step_log_reads_totals_and_sums_as_a_per_step_check_would() -> None:
     log.add(torch.tensor(float("nan")), torch.tensor([float("nan")] * 2), list(torch._foreach_norm(grads[0])))
     log.add(torch.tensor(1e9), torch.tensor([1e9, 0.0]), list(torch._foreach_norm(grads[0])))
     assert log.check() == "non-finite loss nan at step 7"
+
+
+def test_held_gradients_give_the_norms_of_each_step_in_order() -> None:
+    """Gradients held for norms taken later (hold 3, eight steps, a computed norm in between, and one step missing
+    a gradient, which takes the general path) give the norm each step had, in order, across the hold limit."""
+    import math
+
+    import torch
+
+    from kdbench.engine.steplog import SpikeCounter, StepLog
+
+    torch.manual_seed(1)
+    log = StepLog(SpikeCounter(), bound=1e4, hold=3)
+    grads = [[torch.randn(3, 2) * (step + 1), torch.randn(5)] for step in range(8)]
+    grads[6] = grads[6][1:]  # a parameter without a gradient at this step
+    expected = [float(torch.linalg.vector_norm(torch.cat([x.flatten() for x in g]).double())) for g in grads]
+    for step, g in enumerate(grads):
+        if step == 4:  # a step whose norm is given: the held ones before it keep their place
+            log.add(torch.tensor(1.0), [torch.tensor(1.0)], norm=torch.tensor(expected[4]))
+        else:
+            log.add(torch.tensor(1.0), [torch.tensor(1.0)], grads=g)
+        assert len(log.held) < 3
+    log._take_held_norms()
+    assert log._step_norms() == pytest.approx(expected, rel=1e-6)
+    assert log.check() is None and not log.held and log.checked == 8
+    assert math.isclose(log.grad_norm_max, max(expected), rel_tol=1e-6)
+
+
+def test_an_epoch_with_held_gradient_norms_equals_one_taking_them_every_step(monkeypatch) -> None:
+    """The loop holds a small model's gradients and takes their norms together; through SGD (momentum, Nesterov,
+    weight decay) and AdamW steps, which must not change gradients in place, the epoch's grad-norm peak equals
+    (to float32 rounding) and every other number is that of taking each step's norm at once (none held)."""
+    import dataclasses
+    import tempfile
+
+    import torch
+
+    from kdbench.bench.overhead import RECIPE, _digits_kd
+    from kdbench.engine import loop, steplog
+    from kdbench.engine.recipe import as_train_config, build_optimizer, build_scheduler
+
+    def epoch(optimizer_name: str, hold_bytes: int) -> tuple[dict, int]:
+        monkeypatch.setattr(steplog, "HOLD_BYTES", hold_bytes)
+        splits, regime, student, teacher, method = _digits_kd(3)
+        recipe = as_train_config({**RECIPE, "optimizer": optimizer_name, "nesterov": True, "lr": 0.02})
+        with tempfile.TemporaryDirectory() as folder:
+            ts = loop.TrainState(student=student, teacher=teacher, method=method, train=splits.train, regime=regime,
+                                 test=splits.test, recipe=recipe, eval_batch_size=512, seed=3,
+                                 device=torch.device("cpu"), run_dir=Path(folder), log=lambda m: None)
+            phase = loop.phases_of(method, recipe)[-1]
+            optimizer = build_optimizer(phase.param_groups(student), recipe)
+            held = steplog.steps_to_hold([p for g in optimizer.param_groups for p in g["params"]], True, None, False)
+            metrics, diverged = loop._train_epoch(ts, dataclasses.replace(phase, recipe=recipe), optimizer,
+                                                  build_scheduler(optimizer, recipe, 22), 0, 22)
+        assert diverged is None
+        return metrics, held
+
+    default = steplog.HOLD_BYTES
+    for name in ("sgd", "adamw"):
+        (held_metrics, held), (each_metrics, none) = epoch(name, default), epoch(name, 0)
+        assert held == steplog.SYNC_EVERY and none == 0
+        peak = held_metrics.pop("grad_norm_max")  # reduced in another order: equal to float32 rounding
+        assert peak == pytest.approx(each_metrics.pop("grad_norm_max"), rel=1e-6) and peak > 0, name
+        assert held_metrics == each_metrics, name

@@ -25,7 +25,7 @@ def _recipe(**kw):
 
 
 def test_spike_counter() -> None:
-    from kdbench.engine.loop import SpikeCounter
+    from kdbench.engine.steplog import SpikeCounter
 
     counter = SpikeCounter(factor=3.0, window=5, warmup=3)
     assert [counter.observe(v) for v in (1.0, 1.0, 10.0, 1.0, 1.0, 2.9, 3.5, 1.0)] == [0, 0, 0, 0, 0, 0, 1, 0]
@@ -41,6 +41,39 @@ def test_schedules() -> None:
     assert LRFactor(_recipe(schedule="constant"), 10)(99) == 1.0
     assert steps_per_epoch(65, 64) == 1 and steps_per_epoch(66, 64) == 2 and steps_per_epoch(64, 64) == 1
 
+
+
+@pytest.mark.parametrize("schedule", [dict(), dict(warmup_epochs=2), dict(schedule="multistep", milestones=[3, 7]),
+                                      dict(schedule="constant", warmup_epochs=1)])
+def test_the_per_step_schedule_sets_torchs_lambdalr_values_and_resumes_from_its_state(schedule: dict) -> None:
+    """PerStepLR gives every group, at every step, the learning rate torch's LambdaLR gives with the same factor
+    (two groups, different base rates); a LambdaLR state saved mid-run (as older checkpoints hold) continues."""
+    from kdbench.engine.recipe import PerStepLR
+
+    def optimizer() -> torch.optim.Optimizer:
+        params = [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(3))]
+        return torch.optim.SGD([{"params": params[:1]}, {"params": params[1:], "lr": 0.02}], lr=0.1)
+
+    factor = LRFactor(_recipe(**schedule), steps_per_epoch=4)
+    ours_opt, torch_opt = optimizer(), optimizer()
+    ours, reference = PerStepLR(ours_opt, factor), torch.optim.lr_scheduler.LambdaLR(torch_opt, factor)
+    for step in range(40):
+        assert [g["lr"] for g in ours_opt.param_groups] == [g["lr"] for g in torch_opt.param_groups], step
+        assert ours.get_last_lr() == reference.get_last_lr()
+        if step == 17:
+            resumed_opt = optimizer()
+            resumed_opt.load_state_dict(torch_opt.state_dict())
+            resumed = PerStepLR(resumed_opt, factor)
+            resumed.load_state_dict(reference.state_dict())
+        ours_opt.step()
+        torch_opt.step()
+        ours.step()
+        reference.step()
+        if step >= 17:
+            resumed_opt.step()
+            resumed.step()
+            assert [g["lr"] for g in resumed_opt.param_groups] == [g["lr"] for g in torch_opt.param_groups]
+    assert ours.state_dict()["last_epoch"] == reference.state_dict()["last_epoch"] == 40
 
 def _plan(**overrides):
     raw = tiny_suite(regimes=[{"name": "balanced"}], **overrides)

@@ -5,11 +5,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import math
-import statistics
 import time
-from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, KeysView, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,11 +16,14 @@ import torch
 from kdbench import distributed
 from kdbench.batch import Batch
 from kdbench.data import RegimeData, TensorData, eval_batches, train_batches
+from kdbench.engine import steplog
 from kdbench.engine.checkpoint import BestPoint, ResumePoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from kdbench.engine.recipe import as_train_config, build_optimizer, build_scheduler, steps_per_epoch
+from kdbench.engine.recipe import PerStepLR, as_train_config, build_optimizer, build_scheduler, steps_per_epoch
+from kdbench.engine.steplog import SpikeCounter, StepLog
 from kdbench.method import (
     LossFn,
     Method,
+    StepHooks,
     after_training,
     epoch_start,
     extra_evaluations,
@@ -98,9 +98,11 @@ class Precision:
 def evaluate(student: Network, predict: Predict, data: TensorData, batch_size: int,
              groups: dict[str, list[int]] | None = None, device: torch.device | str = "cpu",
              probe: bool = False, precision: Precision = Precision()) -> Evaluation:
-    """Accuracy of ``predict(x, student(x))`` on ``data``; a group's accuracy is the mean of its classes'."""
+    """Accuracy of ``predict(x, student(x))`` on ``data``; a group's accuracy is the mean of its classes' (the
+    per-class counts are kept only when there are groups)."""
     student.eval()
     correct1 = correct5 = probe_correct = total = 0
+    groups = {name: classes for name, classes in (groups or {}).items() if classes}
     num_classes = student.num_classes
     per_class_correct = torch.zeros(num_classes, dtype=torch.float64)
     per_class_total = torch.zeros(num_classes, dtype=torch.float64)
@@ -110,21 +112,21 @@ def evaluate(student: Network, predict: Predict, data: TensorData, batch_size: i
             out = student(x)
             scores = predict(x, out).float()
         top = scores.topk(min(5, scores.shape[1]), dim=1).indices
-        hit1 = (top[:, 0] == y).cpu()
+        hit1 = top[:, 0] == y
         correct1 += int(hit1.sum())
         correct5 += int((top == y[:, None]).any(dim=1).sum())
         if probe:
             probe_correct += int((out.logits.argmax(1) == y).sum())
         total += len(y)
-        per_class_correct += torch.bincount(y.cpu(), weights=hit1.double(), minlength=num_classes)
-        per_class_total += torch.bincount(y.cpu(), minlength=num_classes).double()
+        if groups:
+            per_class_correct += torch.bincount(y.cpu(), weights=hit1.cpu().double(), minlength=num_classes)
+            per_class_total += torch.bincount(y.cpu(), minlength=num_classes).double()
     counts = distributed.sum_across(torch.tensor([correct1, correct5, probe_correct, total], dtype=torch.float64))
     correct1, correct5, probe_correct, total = (float(v) for v in counts)
-    per_class_correct = distributed.sum_across(per_class_correct)
-    per_class_total = distributed.sum_across(per_class_total)
-    per_class = per_class_correct / per_class_total.clamp(min=1)
-    group_acc = {name: float(per_class[classes].mean() * 100) for name, classes in (groups or {}).items()
-                 if classes}
+    group_acc: dict[str, float] = {}
+    if groups:
+        per_class = distributed.sum_across(per_class_correct) / distributed.sum_across(per_class_total).clamp(min=1)
+        group_acc = {name: float(per_class[classes].mean() * 100) for name, classes in groups.items()}
     total = max(1, total)
     return Evaluation(100.0 * correct1 / total, 100.0 * correct5 / total, group_acc,
                       100.0 * probe_correct / total if probe else None)
@@ -151,19 +153,6 @@ def phases_of(method: Method, recipe: TrainConfig | Mapping[str, Any], labeled: 
               for stage in method.stages(recipe, labeled=labeled)]
     phases.append(Phase("main", recipe, method.losses, method.predict, method.param_groups, main=True))
     return phases
-
-
-class SpikeCounter:
-    """Counts loss spikes: a step whose loss is above ``factor`` x the median of the previous ``window`` steps."""
-
-    def __init__(self, factor: float = 3.0, window: int = 50, warmup: int = 10) -> None:
-        self.factor, self.warmup = factor, warmup
-        self.recent: deque[float] = deque(maxlen=window)
-
-    def observe(self, loss: float) -> int:
-        spike = len(self.recent) >= self.warmup and loss > self.factor * statistics.median(self.recent)
-        self.recent.append(loss)
-        return int(spike)
 
 
 @dataclass
@@ -206,87 +195,6 @@ class FitOutcome:
     resumes: list[dict[str, Any]] = field(default_factory=list)  # each restart: the phase and epoch it resumed at
 
 
-def total_grad_norm(grads: list[torch.Tensor], one_group: bool = False) -> torch.Tensor:
-    """The 2-norm of all (at least one) gradients together: ``torch.nn.utils.get_total_norm``'s value.
-    ``one_group``: the caller knows they share one device and dtype, so torch's grouping by both is skipped (every
-    step pays for it: it was half the cost of the norm on a CPU)."""
-    if not one_group:
-        return torch.nn.utils.get_total_norm(grads)
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-
-
-def _one_group(params: list[torch.Tensor]) -> bool:
-    """True when ``params`` share one device and dtype (their gradients then do too)."""
-    return len({(p.device, p.dtype) for p in params}) <= 1
-
-
-SYNC_EVERY = 32
-"""Training steps between two reads of the step losses and gradient norms on the host. Reading a value of the
-device after every step would make a GPU wait for each step; the values are kept on the device and checked in
-order every ``SYNC_EVERY`` steps and at the epoch's end, so the divergence decision, the spike count and the
-grad-norm peak are those of checking every step (a diverged epoch ends at the sync after its first bad step and
-is recorded at that step; the steps taken after it are lost with the run, and an error they raise, such as an
-SVD of non-finite features, is reported as that divergence)."""
-
-
-class _StepLog:
-    """The per-step losses, loss terms and gradient norms of one epoch, kept on the device and read ``SYNC_EVERY``
-    steps at a time: whether a step diverged (first bad step wins), loss spikes, the grad-norm peak, non-finite
-    norms and the sums of the terms and of the loss. Work that needs no per-step value is done once per read:
-    summing the terms, and (unless clipping needs each step's norm at once) reducing each step's per-parameter
-    norms to its total, for all the pending steps in one stack and one reduction."""
-
-    def __init__(self, ts: TrainState, phase: Phase) -> None:
-        self.ts, self.bound = ts, phase.recipe.diverge_above
-        self.losses: list[torch.Tensor] = []
-        self.terms: list[torch.Tensor] = []
-        self.norms: list[torch.Tensor | list[torch.Tensor]] = []
-        self.checked = 0
-        self.grad_norm_max = 0.0
-        self.spikes = self.nonfinite_grads = 0
-        self.term_sums: torch.Tensor | None = None  # per term, over the steps read so far (rank-local)
-        self.loss_sum: torch.Tensor | None = None
-
-    def add(self, loss: torch.Tensor, terms: torch.Tensor, norm: torch.Tensor | list[torch.Tensor]) -> None:
-        """One step's (detached, float32) loss, its stacked terms, and its gradient norm: the total, or the
-        per-parameter norms it is the 2-norm of."""
-        self.losses.append(loss)
-        self.terms.append(terms)
-        self.norms.append(norm)
-
-    def _step_norms(self) -> list[float]:
-        """The pending steps' total gradient norms."""
-        if all(isinstance(n, list) for n in self.norms) and len({len(n) for n in self.norms}) == 1:
-            per_parameter = torch.stack([v for n in self.norms for v in n]).view(len(self.norms), -1)
-            return torch.linalg.vector_norm(per_parameter, dim=1).tolist()
-        return torch.stack([n if isinstance(n, torch.Tensor) else torch.linalg.vector_norm(torch.stack(n))
-                            for n in self.norms]).tolist()
-
-    def check(self) -> str | None:
-        """Read the pending steps in order; the reason of the first diverged one, else None."""
-        if not self.losses:
-            return None
-        stacked = torch.stack(self.losses)
-        losses = distributed.sum_across(stacked.double()) / distributed.world_size()
-        for step, (value, norm) in enumerate(zip(losses.tolist(), self._step_norms(), strict=True),
-                                             start=self.checked + 1):
-            if not math.isfinite(value):
-                return f"non-finite loss {value} at step {step}"
-            if value > self.bound:
-                return f"loss {value:.4g} at step {step} above the bound {self.bound:g}"
-            if math.isfinite(norm):
-                self.grad_norm_max = max(self.grad_norm_max, norm)
-            else:
-                self.nonfinite_grads += 1
-            self.spikes += self.ts.spikes.observe(value)
-        terms, loss = torch.stack(self.terms).sum(dim=0), stacked.sum()
-        self.term_sums = terms if self.term_sums is None else self.term_sums + terms
-        self.loss_sum = loss if self.loss_sum is None else self.loss_sum + loss
-        self.checked += len(self.losses)
-        self.losses, self.terms, self.norms = [], [], []
-        return None
-
-
 def _nonfinite_weights(params: list[torch.nn.Parameter], done: int, err: Exception) -> str | None:
     """Why a step that raised counts as a divergence: the weights its forward ran on are no longer finite (an
     update blew them up, e.g. an SVD of the resulting features then fails); None when they are all finite."""
@@ -297,7 +205,7 @@ def _nonfinite_weights(params: list[torch.nn.Parameter], done: int, err: Excepti
 
 
 def _step(ts: TrainState, phase: Phase, optimizer: torch.optim.Optimizer, batch: Batch,
-          params: list[torch.nn.Parameter], one_group: bool, log: _StepLog) -> list[str]:
+          params: list[torch.nn.Parameter], one_group: bool, log: StepLog) -> KeysView[str]:
     """Forward, loss terms, backward, gradient averaging, norm and clipping of one batch (the optimizer steps
     after it); the step's loss, terms and gradient norm go to ``log``. Returns the terms' names."""
     needs = ts.method.needs
@@ -310,27 +218,30 @@ def _step(ts: TrainState, phase: Phase, optimizer: torch.optim.Optimizer, batch:
             with torch.no_grad():
                 t = ts.teacher(batch.x, taps=needs.teacher_taps)
         terms = phase.losses(batch, s, t)
-    stacked = torch.stack([term.float() for term in terms.values()])
-    loss = stacked.sum()
+    values = [term.float() for term in terms.values()]
+    loss = sum(values[1:], values[0])  # added in turn: a stack and a sum would be two more autograd nodes
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     distributed.average_gradients(params)
     grads = [p.grad for p in params if p.grad is not None]
     clip = phase.recipe.grad_clip
-    if not grads:
-        norm: torch.Tensor | list[torch.Tensor] = torch.zeros((), device=loss.device)
+    detached = (loss.detach(), [value.detach() for value in values])
+    if log.hold and grads:  # norms taken later, for many steps in one call
+        log.add(*detached, grads=grads)
+    elif not grads:
+        log.add(*detached)
     elif one_group and not clip:  # the total is taken when the log is read, for many steps at once
-        norm = list(torch._foreach_norm(grads))
+        log.add(*detached, norm=list(torch._foreach_norm(grads)))
     else:
-        norm = total_grad_norm(grads, one_group)
+        norm = steplog.total_grad_norm(grads, one_group)
         if clip:
             torch.nn.utils.clip_grads_with_norm_(params, clip, norm)
-    log.add(loss.detach(), stacked.detach(), norm)
-    return list(terms)
+        log.add(*detached, norm=norm)
+    return terms.keys()
 
 
 def _train_epoch(ts: TrainState, phase: Phase, optimizer: torch.optim.Optimizer,
-                 scheduler: torch.optim.lr_scheduler.LRScheduler, epoch: int,
+                 scheduler: PerStepLR, epoch: int,
                  steps: int) -> tuple[dict[str, float], str | None]:
     """One epoch of optimisation. Returns the mean loss terms and, if the loss diverged, why."""
     needs = ts.method.needs
@@ -338,9 +249,10 @@ def _train_epoch(ts: TrainState, phase: Phase, optimizer: torch.optim.Optimizer,
     ts.method.train()
     names: list[str] | None = None
     done = 0
-    log = _StepLog(ts, phase)
     params = [p for g in optimizer.param_groups for p in g.get("params")]
-    one_group = _one_group(params)
+    one_group = steplog.one_group(params)
+    hold = steplog.steps_to_hold(params, one_group, phase.recipe.grad_clip, isinstance(ts.method, StepHooks))
+    log = StepLog(ts.spikes, phase.recipe.diverge_above, hold=hold)
     for batch in train_batches(ts.train, ts.regime.indices, phase.recipe.batch_size, labeled=ts.regime.labeled,
                                seed=ts.seed, epoch=epoch, device=ts.device, negatives=needs.negatives):
         try:
@@ -353,9 +265,9 @@ def _train_epoch(ts: TrainState, phase: Phase, optimizer: torch.optim.Optimizer,
             step_hook(ts.method, optimizer, epoch * steps + done, phase.recipe.epochs * steps)
         optimizer.step()
         scheduler.step()
-        names = names or step_names
+        names = names or list(step_names)
         done += 1
-        if done % SYNC_EVERY == 0 and (diverged := log.check()):
+        if done % steplog.SYNC_EVERY == 0 and (diverged := log.check()):
             return {}, diverged
     if diverged := log.check():
         return {}, diverged

@@ -68,10 +68,54 @@ class LRFactor:
         return 1.0
 
 
+class PerStepLR:
+    """Sets every parameter group's learning rate to its base x :class:`LRFactor` after each optimizer step.
+
+    What ``torch.optim.lr_scheduler.LambdaLR`` does for one factor, without its per-call bookkeeping (the
+    optimizer-step counter it patches in, the warnings checks, the closed-form path): torch's ``step()`` costs
+    4 us alone and, run between the optimizer step and the next forward, about 20 us per training step on a
+    2-core CPU, 0.4% of a 5 ms step of the nano student. The values are LambdaLR's: ``lr = base * factor(n)``
+    after construction (``n = 0``) and after the n-th ``step()``. Its state is LambdaLR's names
+    (``base_lrs``, ``last_epoch``, ``_last_lr``), so checkpoints written with LambdaLR resume here.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, factor: LRFactor) -> None:
+        self.optimizer, self.factor = optimizer, factor
+        self.base_lrs = [group.setdefault("initial_lr", group["lr"]) for group in optimizer.param_groups]
+        self.last_epoch = 0  # torch's name for the steps taken
+        self._apply()
+
+    def _apply(self) -> None:
+        multiplier = self.factor(self.last_epoch)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            group["lr"] = base * multiplier
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+    def step(self) -> None:
+        """After an optimizer step: the learning rates of the next step."""
+        self.last_epoch += 1
+        self._apply()
+
+    def get_last_lr(self) -> list[float]:
+        """The learning rate of every group, as last set."""
+        return list(self._last_lr)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Steps taken, base and last learning rates (LambdaLR's names)."""
+        return {"base_lrs": list(self.base_lrs), "last_epoch": self.last_epoch, "_last_lr": list(self._last_lr)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from a state of :meth:`state_dict` or of torch's LambdaLR (other keys are ignored; the
+        optimizer's own state holds the learning rates in force)."""
+        self.base_lrs = list(state["base_lrs"])
+        self.last_epoch = int(state["last_epoch"])
+        self._last_lr = list(state["_last_lr"])
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, recipe: TrainConfig | Mapping[str, Any],
-                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-step scheduler (call ``step()`` after every optimizer step)."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, LRFactor(recipe, steps_per_epoch))
+                    steps_per_epoch: int) -> PerStepLR:
+    """A per-step schedule (call ``step()`` after every optimizer step)."""
+    return PerStepLR(optimizer, LRFactor(recipe, steps_per_epoch))
 
 
 def steps_per_epoch(num_items: int, batch_size: int) -> int:
