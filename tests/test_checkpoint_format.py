@@ -4,6 +4,7 @@ tensors) read back to the same values, and checkpoints written in the older plai
 from __future__ import annotations
 
 import io
+import json
 import random
 
 import torch
@@ -61,23 +62,27 @@ def test_packed_tensors_round_trip_with_their_types_shapes_and_module_versions()
     tree = {"student": net.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state(),
             "other": [torch.tensor(True), (torch.zeros(0), 3, "x"), {"e": torch.empty(2, 0, 3)}], "n": 5}
     packed = _through_a_file(pack_tensors(tree))
-    assert is_packed(packed) and len(packed["buffers"]) < 6 < len(packed["index"])  # a buffer per dtype
+    assert is_packed(packed) and len(packed["buffers"]) < 6 < len(json.loads(packed["index"]))  # a buffer per dtype
     back = unpack_tensors(packed)
+    listed = {**packed, "index": json.loads(packed["index"])}  # the index as checkpoints before its JSON form hold it
+    assert same_tree(unpack_tensors(listed), back)
     assert isinstance(back["student"], OrderedDict) and back["student"]._metadata == tree["student"]._metadata
 
-    def same(a, b) -> bool:
-        if isinstance(a, torch.Tensor):
-            return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
-        if isinstance(a, dict):
-            return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-        if isinstance(a, list | tuple):
-            return type(a) is type(b) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-        return a == b
-
-    assert same(tree, back)
+    assert same_tree(tree, back)
     restored = torch.optim.AdamW(net.parameters())
     restored.load_state_dict(back["optimizer"])  # loads like the unpacked state
-    assert same(restored.state_dict(), optimizer.state_dict())
+    assert same_tree(restored.state_dict(), optimizer.state_dict())
+
+
+def same_tree(a, b) -> bool:
+    """Equal nested containers of equal tensors (dtype, shape, values) and values."""
+    if isinstance(a, torch.Tensor):
+        return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same_tree(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return type(a) is type(b) and len(a) == len(b) and all(same_tree(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
 
 
 def test_a_packed_index_pointing_outside_its_buffer_is_an_error() -> None:

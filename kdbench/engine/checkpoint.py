@@ -56,11 +56,12 @@ def rng_state() -> dict[str, Any]:
     """The global RNG states (python, numpy, torch, CUDA when present), in types that
     ``torch.load(weights_only=True)`` accepts."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    numpy_rng = NumpyRng(kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))
+    numpy_rng = {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                 "has_gauss": int(has_gauss), "cached": float(cached)}  # NumpyRng's fields (asdict deep-copies)
     cuda = {"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {}
     version, internal, gauss = random.getstate()  # 625 ints: one tensor pickles ~600 objects fewer
-    return {"python": (version, torch.tensor(internal, dtype=torch.int64), gauss),
-            "numpy": dataclasses.asdict(numpy_rng), "torch": torch.get_rng_state(), **cuda}
+    python_keys = torch.from_numpy(np.fromiter(internal, dtype=np.int64, count=len(internal)))
+    return {"python": (version, python_keys, gauss), "numpy": numpy_rng, "torch": torch.get_rng_state(), **cuda}
 
 
 def set_rng_state(state: Mapping[str, Any]) -> None:

@@ -7,6 +7,7 @@ tensors, so ``torch.load(weights_only=True)`` reads it.
 
 from __future__ import annotations
 
+import json
 import math
 from collections import OrderedDict
 from typing import Any
@@ -20,7 +21,8 @@ MARK = "__kdbench_tensor__"
 def pack_tensors(tree: Any) -> dict[str, Any]:
     """``{"structure", "buffers", "index"}``: ``tree`` (dicts, OrderedDicts with their ``_metadata``, lists,
     tuples, scalars) with each strided tensor replaced by a mark, the tensors concatenated per (dtype, device)
-    into ``buffers``, and per tensor ``(buffer, offset, shape)`` in ``index``. Gradients are not kept."""
+    into ``buffers``, and per tensor ``[buffer, offset, shape]`` in ``index``, one JSON string (pickled as one
+    object rather than seven per tensor). Gradients are not kept."""
     tensors: list[torch.Tensor] = []
 
     def mark(obj: Any) -> Any:
@@ -41,7 +43,7 @@ def pack_tensors(tree: Any) -> dict[str, Any]:
             index[i] = (len(buffers), offset, tuple(tensors[i].shape))
             offset += tensors[i].numel()
         buffers.append(torch.cat([tensors[i].reshape(-1) for i in members]))
-    return {"structure": structure, "buffers": buffers, "index": index}
+    return {"structure": structure, "buffers": buffers, "index": json.dumps(index, separators=(",", ":"))}
 
 
 def is_packed(state: Any) -> bool:
@@ -61,6 +63,7 @@ def unpack_tensors(packed: dict[str, Any]) -> Any:
     """The tree :func:`pack_tensors` packed, each tensor its own (contiguous) copy. ValueError when an entry
     points outside its buffer (a damaged file)."""
     buffers, index = packed["buffers"], packed["index"]
+    index = json.loads(index) if isinstance(index, str) else index  # a list in checkpoints before the JSON form
     tensors: list[torch.Tensor] = []
     for b, offset, shape in index:
         numel = math.prod(shape)
