@@ -241,7 +241,8 @@ def _execute(run_dir: Path, spec: RunSpec, raw: dict[str, Any], log: Callable[[s
     ts = TrainState(student=student, teacher=teacher, method=method, train=splits.train, regime=regime_data,
                     test=splits.test, val=val, recipe=spec.recipe, eval_batch_size=spec.eval.batch_size,
                     seed=spec.seed, device=device, run_dir=run_dir, log=lambda msg: log(f"{prefix} {msg}"),
-                    precision=precision, batchnorm=spec.recipe.batchnorm, on_epoch=on_epoch)
+                    precision=precision, batchnorm=spec.recipe.batchnorm, on_epoch=on_epoch,
+                    checkpoint_every_s=spec.runtime.checkpoint_every_s)
     outcome = fit(ts)
 
     artifacts = Artifacts()

@@ -26,7 +26,7 @@ def tiny_suite(**overrides: object) -> dict:
         "seeds": [0],
         "train": {"epochs": 3, "batch_size": 32, "lr": 0.05},
         "teacher": {"train": {"epochs": 3, "batch_size": 32}},
-        "executor": {"name": "debug"},
+        "executor": {"name": "debug", "checkpoint_every_s": 0},  # every epoch: the kill/resume tests need it
     }
     suite.update(overrides)
     return suite

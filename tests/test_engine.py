@@ -115,6 +115,49 @@ def test_resume_after_crash_ends_with_the_same_numbers(tmp_path: Path) -> None:
         _strip(store.read_jsonl(tmp_path / "whole" / "tiny" / "runs" / run_id / store.METRICS))
 
 
+def test_checkpoints_are_checkpoint_every_s_apart_and_a_kill_resumes_from_the_last_one(tmp_path: Path,
+                                                                                           monkeypatch) -> None:
+    """executor.checkpoint_every_s 1.0 with epochs of 0.4 s (the loop's clock is the test's): an epoch's checkpoint
+    is skipped while the last is younger than a second, so epoch 4 is saved and a kill after epoch 6 resumes from
+    it; the resumed run saves its last epoch, and ends with the numbers and metrics lines of an uninterrupted run."""
+    import time
+    from types import SimpleNamespace
+
+    from kdbench.engine import loop
+
+    now = [0.0]
+    monkeypatch.setattr(loop, "time", SimpleNamespace(monotonic=lambda: now[0], perf_counter=time.perf_counter))
+    saved: list[int] = []
+    real_save = loop.save_checkpoint
+    monkeypatch.setattr(loop, "save_checkpoint", lambda path, state: (saved.append(state["epoch"]),
+                                                                        real_save(path, state)))
+    plan = _plan(methods=[{"name": "kd"}], train={"epochs": 8, "batch_size": 32},
+                 executor={"name": "debug", "checkpoint_every_s": 1.0})
+    whole = dispatch(plan, tmp_path / "whole", DEBUG, progress=False)
+    assert set(whole.counts()) == {"done"}
+    run_id = next(iter(plan.runs))
+    root = prepare(plan, tmp_path / "crash")
+    dirs = run_dirs(root, plan)
+    execute(dirs[next(iter(plan.teachers))], log=lambda m: None)
+
+    def epoch_takes_0_4_s(message: str, kill_after: int | None = None) -> None:
+        if "/8  loss" in message:  # an epoch's line (not "resumed from main epoch 4")
+            now[0] += 0.4
+            if kill_after and f"epoch   {kill_after}/" in message:
+                raise SimulatedKill
+
+    saved.clear()
+    with pytest.raises(SimulatedKill):
+        execute(dirs[run_id], log=lambda m: epoch_takes_0_4_s(m, kill_after=6))
+    assert saved == [4] and len(store.read_jsonl(dirs[run_id] / store.METRICS)) == 6
+    resumed = execute(dirs[run_id], log=epoch_takes_0_4_s)
+    assert saved == [4, 8]  # the resumed run counts from its start: 5 to 7 come within the second, 8 is the last
+    assert resumed.state == "done" and [r["epoch"] for r in resumed.resumes] == [4]
+    reference = tmp_path / "whole" / "tiny" / "runs" / run_id
+    assert resumed.metrics == store.load_result(reference)["metrics"]
+    assert _strip(store.read_jsonl(dirs[run_id] / store.METRICS)) == _strip(store.read_jsonl(reference / store.METRICS))
+
+
 def test_divergence_is_recorded_not_dropped(tmp_path: Path) -> None:
     plan = _plan(methods=[{"name": "vanilla"}], train={"epochs": 3, "lr": 1.0e12, "momentum": 0.0})
     dispatch(plan, tmp_path, DEBUG, progress=False)

@@ -32,7 +32,7 @@ def _long_local_suite(path: Path) -> Path:
     return write_suite(path, tiny_suite(regimes=[{"name": "balanced"}], methods=[{"name": "vanilla"}],
                                         dataset={"name": "synthetic", "num_train": 4096, "num_test": 256},
                                         train={"epochs": 40, "batch_size": 32},
-                                        executor={"name": "local", "workers": 1}))
+                                        executor={"name": "local", "workers": 1, "checkpoint_every_s": 0}))
 
 
 def _records(folder: Path) -> dict[str, dict]:

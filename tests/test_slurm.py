@@ -31,7 +31,7 @@ def vanilla_suite(name: str, epochs: int, seeds: tuple[int, ...] = (0,), **execu
     return {"name": name, "dataset": {"name": "digits"}, "regimes": [{"name": "balanced"}],
             "pairs": [{"teacher": "kdb_cnn_small", "student": "kdb_cnn_base"}], "methods": [{"name": "vanilla"}],
             "seeds": list(seeds), "train": {"epochs": epochs, "batch_size": 16, "lr": 0.02},
-            "executor": {"name": "slurm", "cpus_per_task": 1, "poll_s": 1, **executor}}
+            "executor": {"name": "slurm", "cpus_per_task": 1, "poll_s": 1, "checkpoint_every_s": 0, **executor}}
 
 
 def records(suite_dir: Path) -> dict[str, dict[str, Any]]:

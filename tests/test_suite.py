@@ -44,6 +44,7 @@ def test_unknown_method_names_the_key_and_the_known_methods() -> None:
     ({"executor": {"name": "slurm", "teacher": {"timeout_min": 0}}}, "executor.timeout_min", "must be >= 1"),
     ({"executor": {"name": "slurm", "mem_gb": "lots"}}, "executor.mem_gb", "expected a number"),
     ({"executor": {"name": "slurm", "max_requeues": -1}}, "executor.max_requeues", "must be >= 0"),
+    ({"executor": {"name": "debug", "checkpoint_every_s": -1}}, "executor.checkpoint_every_s", "must be >= 0"),
     ({"methods": [{"name": "vanilla"}], "regimes": [{"name": "unlabeled"}]}, "methods[0].name", "needs labels"),
 ])
 def test_bad_values_name_their_key(change: dict, key: str, words: str) -> None:

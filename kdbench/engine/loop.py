@@ -32,7 +32,7 @@ from kdbench.method import (
     step_hook,
 )
 from kdbench.models import Network, Outputs
-from kdbench.spec import TrainConfig
+from kdbench.spec import CHECKPOINT_EVERY_S, TrainConfig
 from kdbench.store import append_jsonl, atomic_write_jsonl, move_aside
 
 CHECKPOINT = "checkpoint.pt"
@@ -177,6 +177,7 @@ class TrainState:
     batchnorm: str = "broadcast"  # BatchNorm statistics across data-parallel ranks: broadcast | sync | local
     on_epoch: Callable[[dict[str, Any], int], None] | None = None  # rank 0, after each epoch's checkpoint: the
     # epoch's metrics.jsonl line and the run's epochs so far over all phases (live tracking, kdbench.tracking)
+    checkpoint_every_s: float = CHECKPOINT_EVERY_S  # an epoch's checkpoint is skipped while the last is younger
 
 
 @dataclass
@@ -324,8 +325,10 @@ def _resume_point(ts: TrainState, path: Path, num_phases: int) -> tuple[ResumePo
 
 
 def fit(ts: TrainState) -> FitOutcome:
-    """Train every phase from the last checkpoint (if any) to its last epoch, evaluating and checkpointing after
-    every epoch; then, for methods whose final prediction differs, evaluate the last and best epochs with it."""
+    """Train every phase from the last checkpoint (if any) to its last epoch, evaluating after every epoch and
+    checkpointing after an epoch when the last checkpoint is ``ts.checkpoint_every_s`` old (0: every epoch) and
+    after each phase's last; then, for methods whose final prediction differs, evaluate the last and best epochs
+    with it."""
     ckpt_path, best_path, metrics_path = ts.run_dir / CHECKPOINT, ts.run_dir / BEST, ts.run_dir / METRICS
     phases = phases_of(ts.method, ts.recipe, ts.regime.labeled)
     main = distributed.is_main()  # under data-parallel training only rank 0 writes
@@ -341,6 +344,8 @@ def fit(ts: TrainState) -> FitOutcome:
         ts.log(f"resumed from {phases[start_phase].name} epoch {resume.epoch} ({ckpt_path})")
     if main and (history or metrics_path.exists()):
         atomic_write_jsonl(metrics_path, history)  # drop lines written after the checkpoint we resume from
+    saved_at = time.monotonic()  # the last checkpoint (or the start): one is written when it is older than
+    # ts.checkpoint_every_s after an epoch, and after each phase's last epoch
     for index in range(start_phase, len(phases)):
         phase = phases[index]
         phase_steps = steps_per_epoch(len(ts.regime.indices), phase.recipe.batch_size)
@@ -380,10 +385,12 @@ def fit(ts: TrainState) -> FitOutcome:
                 save_checkpoint(best_path, BestPoint(epoch + 1, **_state(ts)).to_state())
             if main:
                 append_jsonl(metrics_path, line)  # the file is history's view: rewritten from it on resume
-                point = ResumePoint(phase=index, epoch=epoch + 1, **_state(ts), optimizer=optimizer.state_dict(),
-                                    scheduler=scheduler.state_dict(), rng=rng_state(), history=history,
-                                    resumes=resumes, spikes=list(ts.spikes.recent))
-                save_checkpoint(ckpt_path, point.to_state())
+                if epoch + 1 == epochs or time.monotonic() - saved_at >= ts.checkpoint_every_s:
+                    point = ResumePoint(phase=index, epoch=epoch + 1, **_state(ts), optimizer=optimizer.state_dict(),
+                                        scheduler=scheduler.state_dict(), rng=rng_state(), history=history,
+                                        resumes=resumes, spikes=list(ts.spikes.recent))
+                    save_checkpoint(ckpt_path, point.to_state())
+                    saved_at = time.monotonic()
                 if ts.on_epoch is not None:
                     ts.on_epoch(line, len(history))
             ts.log(f"{phase.name} epoch {epoch + 1:>3}/{epochs}  loss {line.get('train_loss', float('nan')):.4f}  "

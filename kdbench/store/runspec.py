@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kdbench.config import build_dataclass, jsonable
-from kdbench.spec import EvalSettings, TeacherSource, TrackingSettings, TrainConfig
+from kdbench.spec import CHECKPOINT_EVERY_S, EvalSettings, TeacherSource, TrackingSettings, TrainConfig
 
 
 def _recipe_dict(recipe: TrainConfig) -> dict[str, Any]:
@@ -51,18 +51,23 @@ class ComponentSpec:
 
 @dataclass(frozen=True)
 class Runtime:
-    """How a run's tensors are computed (recorded, not part of the run id): bf16 autocast and channels-last,
-    each ``auto`` (on for GPUs), ``on`` or ``off``."""
+    """How a run's tensors are computed and kept (recorded, not part of the run id): bf16 autocast and
+    channels-last, each ``auto`` (on for GPUs), ``on`` or ``off``; deterministic algorithms; the least seconds
+    between two epoch checkpoints."""
 
     amp: str = "auto"
     channels_last: str = "auto"
     deterministic: bool = False  # deterministic algorithms (cuDNN, torch); written only when on
+    checkpoint_every_s: float = CHECKPOINT_EVERY_S  # written only when not the default
 
     def to_dict(self) -> dict[str, Any]:
-        """Its JSON object; ``deterministic`` only when on, so specs written before it existed stay the same."""
+        """Its JSON object; ``deterministic`` only when on and ``checkpoint_every_s`` only when not the default,
+        so specs written before they existed stay the same."""
         out: dict[str, Any] = {"amp": self.amp, "channels_last": self.channels_last}
         if self.deterministic:
             out["deterministic"] = True
+        if self.checkpoint_every_s != CHECKPOINT_EVERY_S:
+            out["checkpoint_every_s"] = self.checkpoint_every_s
         return out
 
 

@@ -62,7 +62,8 @@ class Plan:
 def _runtime(suite: Suite) -> Runtime:
     """How a run's tensors are computed (kept in its spec, left out of its id)."""
     return Runtime(amp=suite.executor.amp, channels_last=suite.executor.channels_last,
-                   deterministic=suite.executor.deterministic)
+                   deterministic=suite.executor.deterministic,
+                   checkpoint_every_s=float(suite.executor.checkpoint_every_s))
 
 
 def _tracking(suite: Suite) -> TrackingSettings | None:

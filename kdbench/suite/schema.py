@@ -28,7 +28,7 @@ from kdbench.config import (
     setting,
 )
 from kdbench.reference.apply import CellRecipe, apply_reference
-from kdbench.spec import EvalSettings, Recipe, TeacherSource, TrackingSettings
+from kdbench.spec import CHECKPOINT_EVERY_S, EvalSettings, Recipe, TeacherSource, TrackingSettings
 from kdbench.suite.tune import TuneSettings
 
 SuiteError = ConfigError
@@ -117,6 +117,8 @@ class ExecutorSettings(Settings):
     # its device(s) (a CIFAR run uses a fraction of a modern GPU); needs one process per run
     deterministic: bool = False  # torch.use_deterministic_algorithms + cudnn.deterministic (GPU runs repeat
     # bit for bit at some speed cost; CPU runs of one seed and world size are identical already); recorded in env
+    checkpoint_every_s: float = setting(CHECKPOINT_EVERY_S, at_least(0))  # least seconds between two epoch
+    # checkpoints of a run (a phase's last epoch is always saved); 0: every epoch
 
     def processes(self) -> int:
         """How many data-parallel processes train one run (SLURM tasks, or local processes over gloo)."""
