@@ -20,9 +20,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kdbench bench",
                                      description=" ".join(__doc__.split("\n\n")[0].split()))
     sub = parser.add_subparsers(dest="what", required=True)
-    overhead = sub.add_parser("overhead", help="harness epochs vs a hand-written loop, interleaved (ratio per pair)")
-    overhead.add_argument("--repeats", type=int, default=15, help="interleaved harness/hand-written pairs per student")
-    overhead.add_argument("--epochs", type=int, default=3, help="epochs per measurement")
+    overhead = sub.add_parser("overhead", help="harness epochs vs a hand-written loop, alternating epoch by epoch "
+                                               "(ratio per pair)")
+    overhead.add_argument("--repeats", type=int, default=16, help="runs per student (each a fresh harness run)")
+    overhead.add_argument("--epochs", type=int, default=5, help="epochs per run (harness/hand-written pairs)")
     overhead.add_argument("--students", nargs="+", default=list(STUDENTS),
                           help="kdb_* students (default: the nano and the small one)")
     gendd = sub.add_parser("gendd", help="GenDD head step FLOP/s vs matmul, predict ms/img vs the student")

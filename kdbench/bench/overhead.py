@@ -1,11 +1,13 @@
 """``bench overhead``: the harness's epoch (train + evaluate + checkpoint + metrics line) for KD against a
-minimal hand-written PyTorch loop doing the same training and evaluation, same model, data and seed."""
+minimal hand-written PyTorch loop doing the same training and evaluation, same model, data and seed, the two
+alternating epoch by epoch."""
 
 from __future__ import annotations
 
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,108 +39,122 @@ RECIPE = {"epochs": 1, "batch_size": 64, "optimizer": "sgd", "lr": 0.05, "moment
 STUDENTS = ("kdb_cnn_nano", "kdb_cnn_small")
 
 
-def harness_epochs(seed: int, folder: Path, student_name: str = "kdb_cnn_nano", epochs: int = 1) -> Timing:
-    """Wall and CPU seconds of ``epochs`` epochs through the harness's loop (``fit``: train, evaluate, checkpoint
-    and metrics line after every epoch)."""
+@dataclass(frozen=True)
+class Stamp:
+    """A moment on two clocks: wall seconds and this process's CPU seconds. On a shared machine the CPU time is
+    the steadier measure (other processes' load does not enter it); the wall time includes waits for the disk."""
+
+    wall: float
+    cpu: float
+
+    @classmethod
+    def now(cls) -> Stamp:
+        return cls(time.perf_counter(), time.process_time())
+
+    def __sub__(self, earlier: Stamp) -> Stamp:
+        return Stamp(self.wall - earlier.wall, self.cpu - earlier.cpu)
+
+    def __add__(self, other: Stamp) -> Stamp:
+        return Stamp(self.wall + other.wall, self.cpu + other.cpu)
+
+
+class HandLoop:
+    """The minimal hand-written loop of the same workload: its own seeded student, teacher and SGD (built before
+    any timing); one call of :meth:`epoch` trains an epoch on shuffled batches with the KD loss, then takes the
+    top-1 on the test set."""
+
+    def __init__(self, seed: int, student_name: str) -> None:
+        self.splits, _, self.student, self.teacher, _ = _digits_kd(seed, student_name)
+        self.optimizer = torch.optim.SGD(self.student.parameters(), lr=RECIPE["lr"], momentum=RECIPE["momentum"],
+                                         weight_decay=RECIPE["weight_decay"])
+        self.seed = seed
+
+    def epoch(self, epoch: int) -> None:
+        from kdbench.methods.kd import kd_loss
+
+        x_all, y_all, test = self.splits.train.x, self.splits.train.y, self.splits.test
+        self.student.train()
+        order = torch.randperm(len(y_all), generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
+        for start in range(0, len(order), RECIPE["batch_size"]):
+            idx = order[start:start + RECIPE["batch_size"]]
+            x, y = x_all[idx], y_all[idx]
+            logits = self.student(x).logits
+            with torch.no_grad():
+                t_logits = self.teacher(x).logits
+            loss = 0.9 * kd_loss(logits, t_logits, 4.0) + 0.1 * F.cross_entropy(logits, y)
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+        self.student.eval()
+        with torch.no_grad():
+            for i in range(0, len(test), 512):
+                _ = int((self.student(test.x[i:i + 512]).logits.argmax(1) == test.y[i:i + 512]).sum())
+
+
+def interleaved_epochs(seed: int, student_name: str, epochs: int) -> list[tuple[Stamp, Stamp]]:
+    """One run of the harness (``fit``: every epoch trains, evaluates, checkpoints and appends its metrics line)
+    with one hand-written epoch after each of its epochs (run from its per-epoch callback, so the two alternate
+    epoch by epoch: ABAB...). Returns, per epoch, the harness's and the hand-written loop's times. A harness epoch
+    is timed from the end of the previous hand-written epoch (the run's start for the first, so it carries the
+    run's set-up) to the callback; the run's closing work after the last callback is added to the last."""
     from kdbench.engine import TrainState, fit
 
     splits, regime, student, teacher, method = _digits_kd(seed, student_name)
-    ts = TrainState(student=student, teacher=teacher, method=method, train=splits.train, regime=regime,
-                    test=splits.test, recipe={**RECIPE, "epochs": epochs}, eval_batch_size=512, seed=seed,
-                    device=torch.device("cpu"), run_dir=folder, log=lambda m: None)
-    with Timing() as timing:
+    hand = HandLoop(seed, student_name)
+    harness_ends: list[Stamp] = []
+    hand_ends: list[Stamp] = []
+
+    def after_harness_epoch(line: dict[str, Any], done: int) -> None:
+        harness_ends.append(Stamp.now())
+        hand.epoch(len(hand_ends))
+        hand_ends.append(Stamp.now())
+
+    with tempfile.TemporaryDirectory() as folder:  # a fresh run folder: no checkpoint to resume from
+        ts = TrainState(student=student, teacher=teacher, method=method, train=splits.train, regime=regime,
+                        test=splits.test, recipe={**RECIPE, "epochs": epochs}, eval_batch_size=512, seed=seed,
+                        device=torch.device("cpu"), run_dir=Path(folder), log=lambda m: None,
+                        on_epoch=after_harness_epoch)
+        began = Stamp.now()
         fit(ts)
-    return timing
-
-
-def hand_epochs(seed: int, student_name: str = "kdb_cnn_nano", epochs: int = 1) -> Timing:
-    """Wall and CPU seconds of the same epochs written by hand: shuffled batches, KD loss, SGD, then top-1 on the
-    test set."""
-
-    splits, _, student, teacher, _ = _digits_kd(seed, student_name)
-    optimizer = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    with Timing() as timing:
-        _hand_loop(student, teacher, optimizer, splits, seed, epochs)
-    return timing
-
-
-def _hand_loop(student: torch.nn.Module, teacher: torch.nn.Module, optimizer: torch.optim.Optimizer, splits: Any,
-               seed: int, epochs: int) -> None:
-    from kdbench.methods.kd import kd_loss
-
-    x_all, y_all = splits.train.x, splits.train.y
-    for epoch in range(epochs):
-        student.train()
-        order = torch.randperm(len(y_all), generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-        for start in range(0, len(order), 64):
-            idx = order[start:start + 64]
-            x, y = x_all[idx], y_all[idx]
-            logits = student(x).logits
-            with torch.no_grad():
-                t_logits = teacher(x).logits
-            loss = 0.9 * kd_loss(logits, t_logits, 4.0) + 0.1 * F.cross_entropy(logits, y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        student.eval()
-        with torch.no_grad():
-            for i in range(0, len(splits.test), 512):
-                _ = int((student(splits.test.x[i:i + 512]).logits.argmax(1) == splits.test.y[i:i + 512]).sum())
-
-
-class Timing:
-    """Wall seconds and this process's CPU seconds of a ``with`` block. On a shared machine the CPU time is the
-    steadier measure (other processes' load does not enter it); the wall time includes waits for the disk."""
-
-    def __enter__(self) -> Timing:
-        self._wall, self._cpu = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.wall, self.cpu = time.perf_counter() - self._wall, time.process_time() - self._cpu
+        ended = Stamp.now()
+    starts = [began, *hand_ends[:-1]]
+    harness = [end - start for start, end in zip(starts, harness_ends, strict=True)]
+    harness[-1] = harness[-1] + (ended - hand_ends[-1])
+    hand_times = [end - start for start, end in zip(harness_ends, hand_ends, strict=True)]
+    return list(zip(harness, hand_times, strict=True))
 
 
 def measure_overhead(student: str, repeats: int, epochs: int) -> dict[str, float]:
-    """Interleaved harness/hand-written measurements (after one warm-up of each), the order alternating every
-    repetition (AB BA AB ...) so that a change of machine load hits both sides alike; the ratio of each pair, in
-    wall and in CPU time."""
-    _harness_fresh(0, student, 1)
-    hand_epochs(0, student, 1)
-    pairs: list[tuple[Timing, Timing]] = []
-    for i in range(repeats):
-        if i % 2 == 0:
-            harness = _harness_fresh(i, student, epochs)
-            hand = hand_epochs(i, student, epochs)
-        else:
-            hand = hand_epochs(i, student, epochs)
-            harness = _harness_fresh(i, student, epochs)
-        pairs.append((harness, hand))
-    out: dict[str, float] = {"repeats": repeats, "epochs": epochs}
+    """``repeats`` runs of :func:`interleaved_epochs` (after one warm-up run): the ratio harness / hand-written of
+    every epoch pair (median, min, max) and of their totals, in CPU and in wall time. Alternating epoch by epoch
+    puts the two sides of a pair a tenth of a second apart, so a change of machine load hits both alike."""
+    interleaved_epochs(0, student, 1)
+    pairs = [pair for seed in range(repeats) for pair in interleaved_epochs(seed, student, epochs)]
+    out: dict[str, float] = {"repeats": repeats, "epochs": epochs, "pairs": len(pairs)}
     for clock in ("wall", "cpu"):
-        ratios = [getattr(h, clock) / getattr(m, clock) for h, m in pairs]
+        harness = [getattr(h, clock) for h, _ in pairs]
+        hand = [getattr(m, clock) for _, m in pairs]
+        ratios = [h / m for h, m in zip(harness, hand, strict=True)]
         out.update({f"{clock}_ratio_median": statistics.median(ratios), f"{clock}_ratio_min": min(ratios),
-                    f"{clock}_ratio_max": max(ratios),
-                    f"{clock}_harness_s": statistics.median(getattr(h, clock) for h, _ in pairs),
-                    f"{clock}_hand_s": statistics.median(getattr(m, clock) for _, m in pairs)})
+                    f"{clock}_ratio_max": max(ratios), f"{clock}_ratio_total": sum(harness) / sum(hand),
+                    f"{clock}_harness_s": statistics.median(harness), f"{clock}_hand_s": statistics.median(hand)})
     return out
 
 
-def _harness_fresh(seed: int, student: str, epochs: int) -> Timing:
-    with tempfile.TemporaryDirectory() as folder:  # a fresh run folder: no checkpoint to resume from
-        return harness_epochs(seed, Path(folder), student, epochs)
-
-
-def bench_overhead(repeats: int = 15, students: tuple[str, ...] = STUDENTS, epochs: int = 3) -> dict[str, dict]:
-    """Print, per student, the harness / hand-written ratio of interleaved repetitions (median, min, max), in
-    this process's CPU time and in wall time."""
+def bench_overhead(repeats: int = 16, students: tuple[str, ...] = STUDENTS, epochs: int = 5) -> dict[str, dict]:
+    """Print, per student, the harness / hand-written ratio of epoch pairs (median, min, max, and of the totals),
+    in this process's CPU time and in wall time."""
     torch.set_num_threads(1)
     results = {student: measure_overhead(student, repeats, epochs) for student in students}
-    print(f"device: {device_name(torch.device('cpu'))}; KD from kdb_cnn_base, digits, batch 64, {epochs} epoch(s) "
-          f"per measurement, {repeats} interleaved pairs (AB BA ...) per student")
-    print("harness = train + evaluate + checkpoint + metrics line every epoch; hand-written = train + evaluate")
+    print(f"device: {device_name(torch.device('cpu'))}; KD from kdb_cnn_base, digits, batch 64; {repeats} runs of "
+          f"{epochs} epoch(s) per student, each harness epoch followed by a hand-written one (ABAB...): "
+          f"{repeats * epochs} interleaved pairs")
+    print("harness epoch = train + evaluate + checkpoint + metrics line (the first also the run's set-up); "
+          "hand-written = train + evaluate")
     for student, r in results.items():
         for clock, words in (("cpu", "CPU time"), ("wall", "wall time")):
             print(f"{student:14} {words:9}  harness {r[f'{clock}_harness_s'] * 1000:7.1f} ms  hand "
-                  f"{r[f'{clock}_hand_s'] * 1000:7.1f} ms  ratio median {r[f'{clock}_ratio_median']:.3f} "
-                  f"(min {r[f'{clock}_ratio_min']:.3f}, max {r[f'{clock}_ratio_max']:.3f})")
+                  f"{r[f'{clock}_hand_s'] * 1000:7.1f} ms per epoch  ratio median {r[f'{clock}_ratio_median']:.3f} "
+                  f"(min {r[f'{clock}_ratio_min']:.3f}, max {r[f'{clock}_ratio_max']:.3f}; "
+                  f"of the totals {r[f'{clock}_ratio_total']:.3f})")
     return results
