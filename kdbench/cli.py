@@ -74,7 +74,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         again = shlex.join(["python", "-m", "kdbench", "run", args.suite, *args.overrides, "--results",
                             str(results)])
         where = ("the submitted SLURM jobs keep running" if suite.executor.name == "slurm"
-                 else "the local workers were stopped; finished runs and epoch checkpoints are kept")
+                 else "the local workers were stopped; finished runs and checkpoints are kept")
         print(f"interrupted by {signal.Signals(signum).name}: {where}; resume with: {again}", file=sys.stderr,
               flush=True)
         return 128 + int(signum)

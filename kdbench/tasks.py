@@ -118,7 +118,7 @@ def make_task(run_dirs: list[Path], threads: int, fail_job: bool = False,
 def stop_with_parent() -> None:
     """In a job's worker: Ctrl-C (SIGINT) stops it even where the shell started kdbench with SIGINT ignored
     (``cmd &``, nohup), and on Linux the worker gets SIGINT when the process that started it dies, so no
-    worker trains on as an orphan. Either way it stops between two writes; its last epoch checkpoint stays."""
+    worker trains on as an orphan. Either way it stops between two writes; its last checkpoint stays."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.default_int_handler)
     with contextlib.suppress(OSError, AttributeError):

@@ -49,6 +49,7 @@ class Stamp:
 
     @classmethod
     def now(cls) -> Stamp:
+        """This moment on both clocks."""
         return cls(time.perf_counter(), time.process_time())
 
     def __sub__(self, earlier: Stamp) -> Stamp:
@@ -70,6 +71,7 @@ class HandLoop:
         self.seed = seed
 
     def epoch(self, epoch: int) -> None:
+        """Train epoch ``epoch`` (its own shuffle) and evaluate."""
         from kdbench.methods.kd import kd_loss
 
         x_all, y_all, test = self.splits.train.x, self.splits.train.y, self.splits.test
@@ -92,7 +94,8 @@ class HandLoop:
 
 
 def interleaved_epochs(seed: int, student_name: str, epochs: int) -> list[tuple[Stamp, Stamp]]:
-    """One run of the harness (``fit``: every epoch trains, evaluates, checkpoints and appends its metrics line)
+    """One run of the harness (``fit``: every epoch trains, evaluates and appends its metrics line; checkpoints as
+    runs write them, by default at most one a second and after the last epoch)
     with one hand-written epoch after each of its epochs (run from its per-epoch callback, so the two alternate
     epoch by epoch: ABAB...). Returns, per epoch, the harness's and the hand-written loop's times. A harness epoch
     is timed from the end of the previous hand-written epoch (the run's start for the first, so it carries the
@@ -149,8 +152,8 @@ def bench_overhead(repeats: int = 16, students: tuple[str, ...] = STUDENTS, epoc
     print(f"device: {device_name(torch.device('cpu'))}; KD from kdb_cnn_base, digits, batch 64; {repeats} runs of "
           f"{epochs} epoch(s) per student, each harness epoch followed by a hand-written one (ABAB...): "
           f"{repeats * epochs} interleaved pairs")
-    print("harness epoch = train + evaluate + checkpoint + metrics line (the first also the run's set-up); "
-          "hand-written = train + evaluate")
+    print("harness epoch = train + evaluate + metrics line + checkpoint as runs write them (at most one a second, "
+          "and after the last epoch); the first also the run's set-up. hand-written = train + evaluate")
     for student, r in results.items():
         for clock, words in (("cpu", "CPU time"), ("wall", "wall time")):
             print(f"{student:14} {words:9}  harness {r[f'{clock}_harness_s'] * 1000:7.1f} ms  hand "

@@ -82,7 +82,7 @@ class ExecutorSettings(Settings):
     teacher jobs (e.g. more GPUs, a longer time limit). ``sbatch`` passes extra ``#SBATCH`` options verbatim
     (``{exclusive: true, reservation: kd}``). ``max_requeues`` bounds how often a timed-out or preempted run is
     requeued before it is recorded as failed; ``signal_delay_s`` is how long before its time limit a job is told
-    to stop (it then resumes from its last epoch checkpoint in the requeued job). With ``wait: false`` a SLURM
+    to stop (it then resumes from its last checkpoint in the requeued job). With ``wait: false`` a SLURM
     submission returns at once; ``python -m kdbench status DIR`` collects later. ``max_wait_hours`` bounds how
     long a waiting submission watches the queue (jobs keep running after it gives up watching).
     ``runs_per_gpu: N`` packs N runs into one job that trains them side by side, one process each, on the job's
