@@ -22,7 +22,8 @@ CHECKPOINT_EVERY_S = 1.0
 """Default least time between two epoch checkpoints of a run (``executor.checkpoint_every_s``). An epoch's
 checkpoint is skipped while the last one is younger than this (a phase's last epoch is always saved): epochs of
 seconds or more (every GPU workload) are all checkpointed; on epochs of a tenth of a second (a small model on a
-small CPU set) writing each was 2-3% of the training time; a kill loses at most one epoch or this long."""
+small CPU set) writing each was 2-3% of the training time. A kill loses at most this long plus one epoch. An
+epoch that improves the best top-1 of a method that keeps ``best.pt`` is always saved too."""
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 

@@ -84,10 +84,55 @@ def test_held_gradients_give_the_norms_of_each_step_in_order() -> None:
     assert math.isclose(log.grad_norm_max, max(expected), rel_tol=1e-6)
 
 
+def test_held_channels_last_gradients_give_their_norms() -> None:
+    """Gradients of a channels-last convolution (non-contiguous when stacked) are held and their norms taken."""
+    import torch
+
+    from kdbench.engine.steplog import SpikeCounter, StepLog
+
+    conv = torch.nn.Conv2d(3, 8, 3).to(memory_format=torch.channels_last)
+    log, expected = StepLog(SpikeCounter(), bound=1e4, hold=2), []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        conv.zero_grad(set_to_none=True)
+        conv(torch.randn(2, 3, 6, 6).contiguous(memory_format=torch.channels_last)).square().sum().backward()
+        grads = [p.grad for p in conv.parameters()]
+        assert not grads[0].is_contiguous()
+        expected.append(float(torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads]))))
+        log.add(torch.tensor(1.0), [torch.tensor(1.0)], grads=grads)
+    log._take_held_norms()
+    assert log._step_norms() == pytest.approx(expected, rel=1e-6)
+
+
+def test_gradients_are_held_only_under_optimizers_that_leave_them_alone() -> None:
+    """torch's multi-tensor SGD with Nesterov momentum and no weight decay adds its momentum into the gradients
+    themselves: nothing is held then (nor for an unknown optimizer); AdamW and other SGD settings hold."""
+    import torch
+
+    from kdbench.engine.steplog import SYNC_EVERY, steps_to_hold
+
+    params = [torch.nn.Parameter(torch.zeros(4))]
+
+    def held(optimizer: torch.optim.Optimizer) -> int:
+        return steps_to_hold(optimizer, params, True, None, False)
+
+    sgd = torch.optim.SGD
+    assert held(sgd(params, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.0, foreach=True)) == 0
+    assert held(sgd([{"params": params, "weight_decay": 0.0}], lr=0.1, momentum=0.9, nesterov=True,
+                    weight_decay=5e-4)) == 0  # a group without weight decay is enough
+    assert held(sgd(params, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)) == SYNC_EVERY
+    assert held(sgd(params, lr=0.1, momentum=0.9, weight_decay=0.0)) == SYNC_EVERY
+    assert held(torch.optim.AdamW(params, foreach=True)) == SYNC_EVERY
+    assert held(torch.optim.RMSprop(params)) == 0
+    assert steps_to_hold(torch.optim.AdamW(params), params, True, 1.0, False) == 0  # clipping: norms at once
+    assert steps_to_hold(torch.optim.AdamW(params), params, True, None, True) == 0  # a method's step hooks
+
+
 def test_an_epoch_with_held_gradient_norms_equals_one_taking_them_every_step(monkeypatch) -> None:
-    """The loop holds a small model's gradients and takes their norms together; through SGD (momentum, Nesterov,
-    weight decay) and AdamW steps, which must not change gradients in place, the epoch's grad-norm peak equals
-    (to float32 rounding) and every other number is that of taking each step's norm at once (none held)."""
+    """The loop holds a small model's gradients and takes their norms together; through multi-tensor SGD (Nesterov,
+    weight decay) and AdamW steps, which leave gradients alone, the epoch's grad-norm peak equals (to float32
+    rounding) and every other number is that of taking each step's norm at once (none held); multi-tensor SGD with
+    Nesterov and no weight decay, which writes into its gradients, holds none."""
     import dataclasses
     import tempfile
 
@@ -95,28 +140,33 @@ def test_an_epoch_with_held_gradient_norms_equals_one_taking_them_every_step(mon
 
     from kdbench.bench.overhead import RECIPE, _digits_kd
     from kdbench.engine import loop, steplog
-    from kdbench.engine.recipe import as_train_config, build_optimizer, build_scheduler
+    from kdbench.engine.recipe import as_train_config, build_scheduler
 
-    def epoch(optimizer_name: str, hold_bytes: int) -> tuple[dict, int]:
+    def epoch(settings: dict, hold_bytes: int) -> tuple[dict, int]:
         monkeypatch.setattr(steplog, "HOLD_BYTES", hold_bytes)
         splits, regime, student, teacher, method = _digits_kd(3)
-        recipe = as_train_config({**RECIPE, "optimizer": optimizer_name, "nesterov": True, "lr": 0.02})
+        recipe = as_train_config({**RECIPE, "lr": 0.02})
+        optimizer_class = torch.optim.AdamW if settings.get("adamw") else torch.optim.SGD
+        options = {k: v for k, v in settings.items() if k != "adamw"}
+        optimizer = optimizer_class(student.parameters(), lr=0.02, foreach=True, **options)
         with tempfile.TemporaryDirectory() as folder:
             ts = loop.TrainState(student=student, teacher=teacher, method=method, train=splits.train, regime=regime,
                                  test=splits.test, recipe=recipe, eval_batch_size=512, seed=3,
                                  device=torch.device("cpu"), run_dir=Path(folder), log=lambda m: None)
             phase = loop.phases_of(method, recipe)[-1]
-            optimizer = build_optimizer(phase.param_groups(student), recipe)
-            held = steplog.steps_to_hold([p for g in optimizer.param_groups for p in g["params"]], True, None, False)
+            held = steplog.steps_to_hold(optimizer, list(student.parameters()), True, None, False)
             metrics, diverged = loop._train_epoch(ts, dataclasses.replace(phase, recipe=recipe), optimizer,
                                                   build_scheduler(optimizer, recipe, 22), 0, 22)
         assert diverged is None
         return metrics, held
 
     default = steplog.HOLD_BYTES
-    for name in ("sgd", "adamw"):
-        (held_metrics, held), (each_metrics, none) = epoch(name, default), epoch(name, 0)
-        assert held == steplog.SYNC_EVERY and none == 0
+    cases = [({"momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}, steplog.SYNC_EVERY),
+             ({"adamw": True, "weight_decay": 5e-2}, steplog.SYNC_EVERY),
+             ({"momentum": 0.9, "nesterov": True, "weight_decay": 0.0}, 0)]  # writes into its gradients: none held
+    for settings, expect_held in cases:
+        (held_metrics, held), (each_metrics, none) = epoch(settings, default), epoch(settings, 0)
+        assert held == expect_held and none == 0, settings
         peak = held_metrics.pop("grad_norm_max")  # reduced in another order: equal to float32 rounding
-        assert peak == pytest.approx(each_metrics.pop("grad_norm_max"), rel=1e-6) and peak > 0, name
-        assert held_metrics == each_metrics, name
+        assert peak == pytest.approx(each_metrics.pop("grad_norm_max"), rel=1e-6) and peak > 0, settings
+        assert held_metrics == each_metrics, settings

@@ -60,11 +60,12 @@ def test_the_per_step_schedule_sets_torchs_lambdalr_values_and_resumes_from_its_
     for step in range(40):
         assert [g["lr"] for g in ours_opt.param_groups] == [g["lr"] for g in torch_opt.param_groups], step
         assert ours.get_last_lr() == reference.get_last_lr()
-        if step == 17:
+        if step == 17:  # a fresh optimizer and schedule (lr of step 0), then both states loaded
             resumed_opt = optimizer()
-            resumed_opt.load_state_dict(torch_opt.state_dict())
             resumed = PerStepLR(resumed_opt, factor)
+            resumed_opt.load_state_dict(torch_opt.state_dict())
             resumed.load_state_dict(reference.state_dict())
+            assert [g["lr"] for g in resumed_opt.param_groups] == [g["lr"] for g in torch_opt.param_groups]
         ours_opt.step()
         torch_opt.step()
         ours.step()
@@ -156,6 +157,65 @@ def test_checkpoints_are_checkpoint_every_s_apart_and_a_kill_resumes_from_the_la
     reference = tmp_path / "whole" / "tiny" / "runs" / run_id
     assert resumed.metrics == store.load_result(reference)["metrics"]
     assert _strip(store.read_jsonl(dirs[run_id] / store.METRICS)) == _strip(store.read_jsonl(reference / store.METRICS))
+
+
+def _digits_state(tmp_path: Path, method_class=None, **fields):
+    """A TrainState of the overhead benchmark's workload (digits, KD into kdb_cnn_nano), seeded the same each time."""
+    from kdbench.bench.overhead import RECIPE, _digits_kd
+    from kdbench.engine import TrainState
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    splits, regime, student, teacher, method = _digits_kd(0)
+    if method_class is not None:
+        method = method_class(student, teacher, num_classes=10)
+    return TrainState(student=student, teacher=teacher, method=method, train=splits.train, regime=regime,
+                      test=splits.test, recipe={**RECIPE, "epochs": 5}, eval_batch_size=512, seed=0,
+                      device=torch.device("cpu"), run_dir=tmp_path, log=lambda m: None, **fields)
+
+
+def test_a_resumed_run_sends_trackers_only_the_epochs_its_killed_run_had_not(tmp_path: Path) -> None:
+    """No checkpoint before the last epoch (checkpoint_every_s 3600): a kill after epoch 4 restarts from scratch;
+    the per-epoch callback (trackers) then gets epoch 5 only, and the history is the uninterrupted one."""
+    from kdbench.engine import fit
+
+    reference = fit(_digits_state(tmp_path / "whole", checkpoint_every_s=3600.0)).history
+    calls: list[int] = []
+
+    def killed_after_four(line: dict, done: int) -> None:
+        calls.append(done)
+        if done == 4:
+            raise SimulatedKill
+
+    with pytest.raises(SimulatedKill):
+        fit(_digits_state(tmp_path / "run", checkpoint_every_s=3600.0, on_epoch=killed_after_four))
+    assert calls == [1, 2, 3, 4] and not (tmp_path / "run" / "checkpoint.pt").exists()
+    calls.clear()
+    resumed = fit(_digits_state(tmp_path / "run", checkpoint_every_s=3600.0, on_epoch=lambda line, done:
+                                calls.append(done)))
+    assert calls == [5]
+    assert _strip(resumed.history) == _strip(reference)
+
+
+def test_a_new_best_epoch_is_always_checkpointed(tmp_path: Path, monkeypatch) -> None:
+    """For a method whose final prediction differs (the engine keeps best.pt), every epoch that writes best.pt also
+    writes the checkpoint, whatever checkpoint_every_s says: a resume never starts before the best.pt it keeps."""
+    from kdbench.engine import fit, loop
+    from kdbench.method import CustomPredictor
+    from kdbench.methods.kd import KD
+
+    class KDWithFinalPredictor(KD, CustomPredictor):
+        final_predict_differs = True
+
+    written: list[tuple[str, int]] = []
+    real_save = loop.save_checkpoint
+    monkeypatch.setattr(loop, "save_checkpoint", lambda path, state: (written.append((path.name, state["epoch"])),
+                                                                        real_save(path, state)))
+    outcome = fit(_digits_state(tmp_path, KDWithFinalPredictor, checkpoint_every_s=3600.0))
+    best = [epoch for name, epoch in written if name == "best.pt"]
+    checkpoints = [epoch for name, epoch in written if name == "checkpoint.pt"]
+    assert best and checkpoints == sorted({*best, 5}), written
+    tops = [line["top1"] for line in outcome.history]
+    assert best == [e for e in range(1, 6) if tops[e - 1] > max(tops[:e - 1], default=-1.0)]
 
 
 def test_divergence_is_recorded_not_dropped(tmp_path: Path) -> None:

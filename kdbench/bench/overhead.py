@@ -94,8 +94,8 @@ class HandLoop:
 
 
 def interleaved_epochs(seed: int, student_name: str, epochs: int) -> list[tuple[Stamp, Stamp]]:
-    """One run of the harness (``fit``: every epoch trains, evaluates and appends its metrics line; checkpoints as
-    runs write them, by default at most one a second and after the last epoch)
+    """One run of the harness (``fit``: every epoch trains, evaluates and appends its metrics line; a checkpoint at
+    most once a second, by the run's clock, which also counts the hand-written epochs, and after the last epoch)
     with one hand-written epoch after each of its epochs (run from its per-epoch callback, so the two alternate
     epoch by epoch: ABAB...). Returns, per epoch, the harness's and the hand-written loop's times. A harness epoch
     is timed from the end of the previous hand-written epoch (the run's start for the first, so it carries the
@@ -152,8 +152,9 @@ def bench_overhead(repeats: int = 16, students: tuple[str, ...] = STUDENTS, epoc
     print(f"device: {device_name(torch.device('cpu'))}; KD from kdb_cnn_base, digits, batch 64; {repeats} runs of "
           f"{epochs} epoch(s) per student, each harness epoch followed by a hand-written one (ABAB...): "
           f"{repeats * epochs} interleaved pairs")
-    print("harness epoch = train + evaluate + metrics line + checkpoint as runs write them (at most one a second, "
-          "and after the last epoch); the first also the run's set-up. hand-written = train + evaluate")
+    print("harness epoch = train + evaluate + metrics line + checkpoint (at most one a second and after the last "
+          "epoch; the hand-written epochs count toward that second, so more often than in a run alone); the first "
+          "also the run's set-up. hand-written = train + evaluate")
     for student, r in results.items():
         for clock, words in (("cpu", "CPU time"), ("wall", "wall time")):
             print(f"{student:14} {words:9}  harness {r[f'{clock}_harness_s'] * 1000:7.1f} ms  hand "

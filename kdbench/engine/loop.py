@@ -33,7 +33,7 @@ from kdbench.method import (
 )
 from kdbench.models import Network, Outputs
 from kdbench.spec import CHECKPOINT_EVERY_S, TrainConfig
-from kdbench.store import append_jsonl, atomic_write_jsonl, move_aside
+from kdbench.store import append_jsonl, atomic_write_jsonl, move_aside, read_jsonl
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
@@ -175,8 +175,9 @@ class TrainState:
     spikes: SpikeCounter = field(default_factory=SpikeCounter)
     precision: Precision = Precision()
     batchnorm: str = "broadcast"  # BatchNorm statistics across data-parallel ranks: broadcast | sync | local
-    on_epoch: Callable[[dict[str, Any], int], None] | None = None  # rank 0, after each epoch's checkpoint: the
-    # epoch's metrics.jsonl line and the run's epochs so far over all phases (live tracking, kdbench.tracking)
+    on_epoch: Callable[[dict[str, Any], int], None] | None = None  # rank 0, after each epoch (and its checkpoint
+    # if one is due): the epoch's metrics.jsonl line and the run's epochs so far over all phases (live tracking,
+    # kdbench.tracking); a resumed run calls it only for epochs its killed run had not reported
     checkpoint_every_s: float = CHECKPOINT_EVERY_S  # an epoch's checkpoint is skipped while the last is younger
 
 
@@ -252,7 +253,8 @@ def _train_epoch(ts: TrainState, phase: Phase, optimizer: torch.optim.Optimizer,
     done = 0
     params = [p for g in optimizer.param_groups for p in g.get("params")]
     one_group = steplog.one_group(params)
-    hold = steplog.steps_to_hold(params, one_group, phase.recipe.grad_clip, isinstance(ts.method, StepHooks))
+    hold = steplog.steps_to_hold(optimizer, params, one_group, phase.recipe.grad_clip,
+                                 isinstance(ts.method, StepHooks))
     log = StepLog(ts.spikes, phase.recipe.diverge_above, hold=hold)
     for batch in train_batches(ts.train, ts.regime.indices, phase.recipe.batch_size, labeled=ts.regime.labeled,
                                seed=ts.seed, epoch=epoch, device=ts.device, negatives=needs.negatives):
@@ -326,9 +328,9 @@ def _resume_point(ts: TrainState, path: Path, num_phases: int) -> tuple[ResumePo
 
 def fit(ts: TrainState) -> FitOutcome:
     """Train every phase from the last checkpoint (if any) to its last epoch, evaluating after every epoch and
-    checkpointing after an epoch when the last checkpoint is ``ts.checkpoint_every_s`` old (0: every epoch) and
-    after each phase's last; then, for methods whose final prediction differs, evaluate the last and best epochs
-    with it."""
+    checkpointing after an epoch when the last checkpoint is ``ts.checkpoint_every_s`` old (0: every epoch), after
+    each phase's last and with each new best; then, for methods whose final prediction differs, evaluate the last
+    and best epochs with it. A resumed run gives ``ts.on_epoch`` only the epochs its killed run had not."""
     ckpt_path, best_path, metrics_path = ts.run_dir / CHECKPOINT, ts.run_dir / BEST, ts.run_dir / METRICS
     phases = phases_of(ts.method, ts.recipe, ts.regime.labeled)
     main = distributed.is_main()  # under data-parallel training only rank 0 writes
@@ -342,10 +344,12 @@ def fit(ts: TrainState) -> FitOutcome:
         history, start_phase = list(resume.history), resume.phase
         resumes = [*resume.resumes, {"phase": phases[start_phase].name, "epoch": resume.epoch}]
         ts.log(f"resumed from {phases[start_phase].name} epoch {resume.epoch} ({ckpt_path})")
+    reported = 0  # epochs already given to ts.on_epoch (trackers) by the run we resume: not sent again
     if main and (history or metrics_path.exists()):
+        reported = len(read_jsonl(metrics_path)) if metrics_path.exists() else 0
         atomic_write_jsonl(metrics_path, history)  # drop lines written after the checkpoint we resume from
     saved_at = time.monotonic()  # the last checkpoint (or the start): one is written when it is older than
-    # ts.checkpoint_every_s after an epoch, and after each phase's last epoch
+    # ts.checkpoint_every_s after an epoch, after each phase's last epoch and with every new best.pt
     for index in range(start_phase, len(phases)):
         phase = phases[index]
         phase_steps = steps_per_epoch(len(ts.regime.indices), phase.recipe.batch_size)
@@ -381,17 +385,19 @@ def fit(ts: TrainState) -> FitOutcome:
             line = {"phase": phase.name, "epoch": epoch + 1, "lr": lr, **train_metrics, **result.as_metrics(),
                     "train_seconds": train_seconds, "eval_seconds": time.perf_counter() - began - train_seconds}
             history.append(line)
-            if main and phase.main and final_predict_differs(ts.method) and result.top1 > best_so_far:
+            new_best = main and phase.main and final_predict_differs(ts.method) and result.top1 > best_so_far
+            if new_best:
                 save_checkpoint(best_path, BestPoint(epoch + 1, **_state(ts)).to_state())
             if main:
                 append_jsonl(metrics_path, line)  # the file is history's view: rewritten from it on resume
-                if epoch + 1 == epochs or time.monotonic() - saved_at >= ts.checkpoint_every_s:
+                # a new best.pt forces a checkpoint: a resume never starts before the best.pt it would keep
+                if new_best or epoch + 1 == epochs or time.monotonic() - saved_at >= ts.checkpoint_every_s:
                     point = ResumePoint(phase=index, epoch=epoch + 1, **_state(ts), optimizer=optimizer.state_dict(),
                                         scheduler=scheduler.state_dict(), rng=rng_state(), history=history,
                                         resumes=resumes, spikes=list(ts.spikes.recent))
                     save_checkpoint(ckpt_path, point.to_state())
                     saved_at = time.monotonic()
-                if ts.on_epoch is not None:
+                if ts.on_epoch is not None and len(history) > reported:
                     ts.on_epoch(line, len(history))
             ts.log(f"{phase.name} epoch {epoch + 1:>3}/{epochs}  loss {line.get('train_loss', float('nan')):.4f}  "
                    f"top1 {result.top1:6.2f}  lr {lr:.3g}  {train_seconds:.2f}s")

@@ -105,11 +105,11 @@ class PerStepLR:
         return {"base_lrs": list(self.base_lrs), "last_epoch": self.last_epoch, "_last_lr": list(self._last_lr)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue from a state of :meth:`state_dict` or of torch's LambdaLR (other keys are ignored; the
-        optimizer's own state holds the learning rates in force)."""
+        """Continue from a state of :meth:`state_dict` or of torch's LambdaLR (other keys are ignored): the
+        learning rates of the step it was at are set again (the optimizer's loaded state holds the same)."""
         self.base_lrs = list(state["base_lrs"])
         self.last_epoch = int(state["last_epoch"])
-        self._last_lr = list(state["_last_lr"])
+        self._apply()
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, recipe: TrainConfig | Mapping[str, Any],

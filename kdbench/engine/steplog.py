@@ -98,7 +98,7 @@ class StepLog:
         columns = list(zip(*self.held, strict=False))
         if len({len(grads) for grads in self.held}) == 1 and all(len({g.shape for g in c}) == 1 for c in columns):
             steps = len(self.held)
-            per_position = [torch.linalg.vector_norm(torch.stack(c).view(steps, -1), dim=1) for c in columns]
+            per_position = [torch.linalg.vector_norm(torch.stack(c).reshape(steps, -1), dim=1) for c in columns]
             self.norms.append(torch.linalg.vector_norm(torch.stack(per_position), dim=0))
         else:
             flat = torch._foreach_norm([g for grads in self.held for g in grads])
@@ -145,15 +145,31 @@ class StepLog:
 
 
 HOLD_BYTES = 32 << 20
-"""At most this many bytes of gradients are kept for norms taken later (:class:`_StepLog`): ``SYNC_EVERY`` steps of
-a CIFAR ResNet-56, 6 of a resnet8x4, none of an ImageNet ResNet-18 (its norms are taken every step)."""
+"""At most this many bytes of gradients are kept for norms taken later (:class:`StepLog`): 9 steps of a CIFAR
+ResNet-56, 6 of a resnet8x4, ``SYNC_EVERY`` of the small CPU models, none of an ImageNet ResNet-18 (its norms are
+taken every step)."""
 
 
-def steps_to_hold(params: list[torch.nn.Parameter], one_group: bool, clip: float | None, hooks: bool) -> int:
+def leaves_gradients_alone(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer.step()`` only reads the parameters' gradients (so held ones keep their values). AdamW
+    does (its decay is applied to the weights; ``maximize`` negates a copy). torch's SGD does unless a group has
+    Nesterov momentum, no weight decay and no ``maximize``: its multi-tensor path (the default on GPUs) then adds
+    the momentum buffers into the gradients themselves. Any other optimizer: not known, so no."""
+    if isinstance(optimizer, torch.optim.AdamW):
+        return True
+    if type(optimizer) is torch.optim.SGD:
+        return not any(g.get("nesterov") and not g.get("weight_decay") and not g.get("maximize")
+                       for g in optimizer.param_groups)
+    return False
+
+
+def steps_to_hold(optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], one_group: bool,
+                  clip: float | None, hooks: bool) -> int:
     """How many steps' gradients the step log may hold before taking their norms: none where the norm is needed at
-    once (clipping), where several devices or dtypes mix, or where a method's step ``hooks`` could change
-    gradients in place after the log got them; else as many as ``HOLD_BYTES`` allows, at most ``SYNC_EVERY``."""
-    if clip or not one_group or hooks or not params:
+    once (clipping), where several devices or dtypes mix, or where the optimizer or a method's step ``hooks`` could
+    change gradients in place after the log got them; else as many as ``HOLD_BYTES`` allows, at most
+    ``SYNC_EVERY``."""
+    if clip or not one_group or hooks or not params or not leaves_gradients_alone(optimizer):
         return 0
     grad_bytes = sum(p.numel() * p.element_size() for p in params)
     return min(SYNC_EVERY, HOLD_BYTES // max(1, grad_bytes))
