@@ -8,6 +8,7 @@ that submitted them.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from collections.abc import Iterable
@@ -202,6 +203,16 @@ def job_error(job: submitit.Job | None) -> str:
     except Exception as err:  # an unreadable result pickle
         return f"{type(err).__name__}: {err}".splitlines()[0]
     if error:
-        text = str(error).strip().splitlines()
-        return f"{type(error).__name__}: {text[-1] if text else ''}"
+        return f"{type(error).__name__}: {raised_line(str(error))}"
     return f"state {job.state}"
+
+
+_RAISED = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit|Warning)\b")
+
+
+def raised_line(message: str) -> str:
+    """The line of a remote traceback that names what was raised (its last ``SomeError: ...`` line); submitit's
+    FailedJobError ends with the log paths, which say nothing of why. The message's last line when none is found."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    raised = [line for line in lines if _RAISED.match(line)]
+    return raised[-1] if raised else (lines[-1] if lines else "")

@@ -118,3 +118,26 @@ def test_a_run_whose_former_job_ended_meanwhile_is_skipped_not_submitted_again(
     summary = dispatch.dispatch(plan, tmp_path, suite.executor, progress=False)
     assert submitted == [] and summary.submitted == 0
     assert summary.skipped == len(plan.teachers) + len(plan.runs)
+
+
+def test_a_job_that_raised_before_kdbench_ran_reports_what_was_raised_not_its_log_paths() -> None:
+    """A job told of its time limit while still importing (a loaded node) raises submitit's UncompletedJobError
+    outside kdbench's handler; submitit's FailedJobError message ends with the log paths, so the record must take
+    the traceback's raised line instead ("timed-out too many times" is what the user needs)."""
+    from kdbench.slurm import raised_line
+
+    message = """Job (task=0) failed during processing with trace:
+----------------------
+Traceback (most recent call last):
+  File "/venv/lib/python3.11/site-packages/submitit/core/job_environment.py", line 227, in checkpoint_and_try_requeue
+    raise utils.UncompletedJobError(message)
+submitit.core.utils.UncompletedJobError: Job not requeued because: timed-out too many times.
+
+----------------------
+You can check full logs with 'job.stderr(0)' and 'job.stdout(0)'or at paths:
+  - /r/hopeless/.submitit/391_0_log.err
+  - /r/hopeless/.submitit/391_0_log.out"""
+    assert raised_line(message) == ("submitit.core.utils.UncompletedJobError: Job not requeued because: "
+                                    "timed-out too many times.")
+    assert raised_line("ValueError: bad\n  during handling\nRuntimeError: worse") == "RuntimeError: worse"
+    assert raised_line("no traceback here\nlast words") == "last words" and raised_line("") == ""
